@@ -1,0 +1,288 @@
+"""The job schema: every knob a job can set, validated once at the edge.
+
+Defaults live here and only here; YAML files and the CLI override them. Unknown keys are
+rejected everywhere (``extra="forbid"``) so a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robustsweep.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSource(_Strict):
+    """One extra evaluation set: an ood split of the same label space, or an anomaly set."""
+
+    name: str = Field(description="Metric suffix, e.g. 'imdb' gives ood_accuracy/imdb")
+    source: str = Field(description="builtin:<name> | file:<path> | hf:<id>[:config]")
+    split: str = Field("test", description="Split to read for hf: sources")
+    size: int | None = Field(500, ge=1, description="Seeded sub-sample size (null = all rows)")
+    text_fields: list[str] | None = Field(
+        None, min_length=1, max_length=2, description="Text columns; null = data.text_fields"
+    )
+    label_field: str | None = Field(None, description="Label column; null = data.label_field")
+
+
+class DataConfig(_Strict):
+    """Where the task's texts and labels come from and how much of them to use."""
+
+    source: str = Field("builtin:mr", description="builtin:<name> | file:<path> | hf:<id>[:config]")
+    train_split: str = Field("train", description="Split for training (hf: sources)")
+    eval_split: str | None = Field(
+        None, description="Split for held-out evaluation; null = seeded hold-out of train"
+    )
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Fraction held out when no eval split exists"
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], min_length=1, max_length=2,
+        description="One column (single text) or two (text pair, e.g. premise/hypothesis)",
+    )
+    label_field: str = Field("label", description="Integer or string label column")
+    label_names: list[str] | None = Field(
+        None, description="Class names in label-id order; null = taken from the source"
+    )
+    train_size: int | None = Field(None, ge=1, description="Seeded train sub-sample (null = all)")
+    eval_size: int | None = Field(None, ge=1, description="Seeded eval sub-sample (null = all)")
+    split_seed: int = Field(
+        0, ge=0, description="Seed of hold-out splits and sub-samples (same data in every trial)"
+    )
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per text (truncation)")
+    lowercase: bool = Field(False, description="Lower-case texts before tokenization")
+    ood: list[SplitSource] = Field(
+        default_factory=list, description="Distribution-shift sets with the same labels"
+    )
+
+
+class ModelConfig(_Strict):
+    """Which pretrained encoder to fine-tune."""
+
+    source: str = Field(
+        "builtin:minilm", description="builtin:minilm | hf:<hub id> | <local model directory>"
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override hidden dropout")
+
+
+class MethodConfig(_Strict):
+    """The robust fine-tuning method and its knobs (validated by the method's own schema)."""
+
+    name: str = Field("vanilla", description="Registered method name (robustsweep methods)")
+    knobs: dict[str, Any] = Field(default_factory=dict, description="Method knobs")
+
+    @model_validator(mode="after")
+    def _check_knobs(self) -> MethodConfig:
+        from robustsweep.errors import MethodError
+        from robustsweep.methods import registry
+
+        try:
+            registry.validate_knobs(self.name, self.knobs)
+        except MethodError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings shared by every method."""
+
+    epochs: int = Field(1, ge=1, description="Passes over the training data")
+    batch_size: int = Field(32, ge=1, description="Global batch size (split across workers)")
+    lr: float = Field(5e-5, gt=0, description="Peak AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/LayerNorm)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Linear warm-up share of all steps")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (null = off)")
+    eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps per epoch (smoke tests, benchmarks)"
+    )
+    progress_every: int = Field(50, ge=1, description="Steps between progress-bar metric updates")
+
+
+class ScalingConfig(_Strict):
+    """How many Ray Train workers run one trial, and on what."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="One GPU per worker")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs per worker; null = the free CPUs split evenly"
+    )
+
+
+class EvalConfig(_Strict):
+    """What the end-of-epoch and final evaluation measure."""
+
+    ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error")
+    attacks: list[str] = Field(default_factory=list, description="Attack profiles (final eval)")
+    attack_examples: int = Field(100, ge=1, description="Examples attacked per attack")
+    anomaly: list[SplitSource] = Field(
+        default_factory=list, description="Out-of-distribution text sets for anomaly AUROC"
+    )
+
+
+class TrackingConfig(_Strict):
+    """Where MLflow records go."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null = sqlite store inside the output dir"
+    )
+    experiment: str = Field("robustsweep", description="MLflow experiment name")
+    enabled: bool = Field(True, description="Log to MLflow at all")
+
+
+class SweepConfig(_Strict):
+    """Sweep settings; filled in by the sweep module (validated there)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ClusterConfig(_Strict):
+    """Which Ray cluster to use."""
+
+    address: str | None = Field(
+        None, description="Existing Ray cluster address; null = RAY_ADDRESS or a local one"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
+    node_ip_address: str = Field("127.0.0.1", description="Bind address of a local Ray instance")
+
+
+class JobConfig(_Strict):
+    """A whole job: one trial (``train``) or many (``sweep``)."""
+
+    name: str = Field("job", pattern=r"^[A-Za-z0-9_.-]+$", description="Job name")
+    seed: int = Field(0, ge=0, description="Seed of data sampling, init and training")
+    output_dir: str | None = Field(None, description="Results directory; null = runs/<name>")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    sweep: SweepConfig | None = None
+
+    @field_validator("output_dir")
+    @classmethod
+    def _no_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a non-empty path or null")
+        return value
+
+    def resolved_output_dir(self) -> Path:
+        """Absolute output directory (Ray workers run in other working directories)."""
+        return Path(self.output_dir or f"runs/{self.name}").expanduser().resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        """Absolute MLflow URI: MLflow 3's file store raises, so the default is sqlite."""
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{self.resolved_output_dir() / 'mlflow.db'}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides and error formatting
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{origin}: {where}: {msg}{shown}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so numbers/lists/bools keep their type."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key.path=value`` applied."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; one clear error line on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such job file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    return data
+
+
+def validate_job(raw: dict[str, Any], origin: str = "job") -> JobConfig:
+    """Validate a raw mapping into a JobConfig, raising ConfigError with one line."""
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_job(path: str | os.PathLike[str], overrides: list[str] | None = None) -> JobConfig:
+    """Load a job YAML, apply ``--set`` overrides and validate once."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_job(raw, origin=str(path))
+
+
+def job_to_yaml(cfg: JobConfig) -> str:
+    """The resolved config as YAML (logged as an artifact and printed by ``validate``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat

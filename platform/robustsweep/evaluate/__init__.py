@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the clean/calibration/shift suite and attacks."""

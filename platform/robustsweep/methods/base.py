@@ -1,0 +1,104 @@
+"""The RobustMethod contract every method implements.
+
+The train loop, evaluation and attacks call only these hooks, so an inference-time defence
+(RSMI's smoothing, MVP's prompts) is trained *and attacked* through its real code path.
+
+Loop order per optimizer step (fixed): ``training_step`` (does its own backward) ->
+``before_optimizer_step`` -> clip -> ``optimizer.step`` -> ``scheduler.step`` ->
+``after_optimizer_step`` -> ``zero_grad``. ``on_epoch_end`` runs after the last step of an epoch.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from robustsweep.data import Task
+    from robustsweep.models import EncoderAdapter
+
+Batch = dict[str, torch.Tensor]
+
+
+class Knobs(BaseModel):
+    """Base of each method's knobs: paper names, paper defaults, validated ranges.
+
+    Every field carries a ``description`` (meaning + paper default); the ``methods`` listing,
+    docs and search-space validation are all generated from these fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class RobustMethod:
+    """A robust fine-tuning method: a loss (training_step) plus optional inference changes."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    knobs_class: ClassVar[type[Knobs]] = Knobs
+    # RSMI needs input gradients at inference (saliency masking); evaluation must not wrap it
+    # in torch.no_grad().
+    wants_grad_at_inference: ClassVar[bool] = False
+
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        self.knobs = knobs if knobs is not None else self.knobs_class()
+        self.adapter: EncoderAdapter | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def setup(self, adapter: EncoderAdapter, task: Task | None = None) -> None:
+        """Build extra state (teachers, masks, critics). Called once, before the optimizer."""
+        self.adapter = adapter
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (possibly DDP-wrapped) classifier being trained."""
+        assert self.adapter is not None, "setup() was not called"
+        return self.adapter.model
+
+    def training_step(self, batch: Batch) -> dict[str, float]:
+        """Compute the loss, call backward (leaving ``.grad`` filled), return logged terms.
+
+        Must return at least ``{"loss": float}``.
+        """
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Hook between backward and the optimizer step (e.g. RoAST's gradient mask)."""
+
+    def after_optimizer_step(self) -> None:
+        """Hook after the optimizer/scheduler step."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook after the last step of each epoch (e.g. RoAST recomputes its mask)."""
+
+    # ---- inference --------------------------------------------------------------------------
+    def predict_logits(self, batch: Batch) -> torch.Tensor:
+        """Class logits for evaluation and attacks; override to change inference."""
+        return self.adapter.logits(batch)  # type: ignore[union-attr]
+
+    # ---- extra state ------------------------------------------------------------------------
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters outside the classifier (critics, heads): go to the optimizer."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state for checkpoints (tensors, numbers, strings only: weights_only loads)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    # ---- cost accounting --------------------------------------------------------------------
+    def passes_per_step(self) -> float:
+        """Theoretical cost of one training step in vanilla units (1F+1B = 1.0), from methods.md."""
+        return 1.0
+
+    # ---- helpers for subclasses -------------------------------------------------------------
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """Skip the DDP gradient all-reduce for auxiliary backwards (all but the last)."""
+        model = self.model
+        return model.no_sync() if hasattr(model, "no_sync") else nullcontext()

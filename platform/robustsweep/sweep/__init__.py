@@ -1,0 +1,1 @@
+"""Sweeps: Ray Tune + Optuna over method knobs."""

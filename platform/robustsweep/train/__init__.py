@@ -1,0 +1,1 @@
+"""Training: the framework-free loop and its Ray Train wiring."""

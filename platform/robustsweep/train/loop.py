@@ -1,0 +1,218 @@
+"""The training loop: one plain function, readable top to bottom, no Ray inside.
+
+``fit`` runs the same on a laptop, in a test and inside a Ray Train worker; the caller passes
+the rank/world size and an ``on_epoch_end`` callback (Ray report + checkpoint + MLflow).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from robustsweep.config import JobConfig, TrainConfig
+from robustsweep.data import Task, TextSet
+from robustsweep.evaluate.suite import clean_metrics
+from robustsweep.methods.base import RobustMethod
+from robustsweep.models import EncoderAdapter
+
+StateFn = Callable[[], dict[str, Any]]
+
+
+class EpochCallback(Protocol):
+    def __call__(self, epoch: int, metrics: dict[str, float], state_fn: StateFn) -> None: ...
+
+
+class ProgressFactory(Protocol):
+    def __call__(self, total: int, desc: str) -> Any: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and LayerNorm weights (BERT convention)."""
+    decay, no_decay = [], []
+    for name, param in params:
+        if not param.requires_grad:
+            continue
+        skip = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or param.ndim < 2
+        (no_decay if skip else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak lr, then linear decay to zero."""
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Sharding:
+    """Which rows of the train set this rank sees in an epoch (same step count on every rank)."""
+
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def epoch_indices(self, n_rows: int, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n_rows, generator=generator).tolist()
+        per_rank = n_rows // self.world_size
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+def iter_batches(adapter: EncoderAdapter, rows: TextSet, indices: list[int], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Tokenized batches padded to their own longest text (dynamic padding)."""
+    for start in range(0, len(indices), batch_size):
+        part = rows.subset(indices[start:start + batch_size])
+        yield adapter.to_device(adapter.encode(part.texts, part.pairs, part.labels))
+
+
+@dataclass
+class FitState:
+    """What a checkpoint restores (plus model/optimizer/scheduler/method state dicts)."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    cost_passes: float = 0.0
+    wall_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _mean_across_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
+    if world_size <= 1 or not torch.distributed.is_initialized():
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return {k: float(v) / world_size for k, v in zip(keys, tensor.tolist())}
+
+
+def _default_progress(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def fit(
+    adapter: EncoderAdapter,
+    method: RobustMethod,
+    task: Task,
+    cfg: JobConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: ProgressFactory | None = _default_progress,
+    plot_dir: Path | None = None,
+) -> FitState:
+    """Fine-tune ``adapter.model`` with ``method`` for ``cfg.train.epochs``; return the final state.
+
+    ``method.setup`` must already have run (so DDP can wrap the extra parameters too).
+    """
+    tcfg = cfg.train
+    sharding = Sharding(cfg.seed, rank, world_size)
+    per_rank_batch = max(1, tcfg.batch_size // world_size)
+    rows_per_rank = len(task.train) // world_size
+    steps_per_epoch = math.ceil(rows_per_rank / per_rank_batch)
+    if tcfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
+    named = list(adapter.core.named_parameters()) + [
+        (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())
+    ]
+    optimizer = build_optimizer(named, tcfg)
+    scheduler = linear_schedule(optimizer, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
+    state = FitState()
+    if resume is not None:
+        adapter.core.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        method.load_state_dict(resume["method"])
+        torch.set_rng_state(resume["torch_rng"])
+        state = FitState(**resume["fit_state"])
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "model": adapter.core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "fit_state": vars(state).copy(),
+        }
+
+    adapter.model.train()
+    for epoch in range(state.epoch + 1, tcfg.epochs + 1):
+        indices = sharding.epoch_indices(len(task.train), epoch)
+        batches = iter_batches(adapter, task.train, indices, per_rank_batch)
+        sums: dict[str, float] = defaultdict(float)
+        bar = progress(steps_per_epoch, f"epoch {epoch}/{tcfg.epochs}") if progress and rank == 0 else None
+        started = time.perf_counter()
+        for step in range(steps_per_epoch):
+            batch = next(batches)
+            terms = method.training_step(batch)
+            method.before_optimizer_step()
+            if tcfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], tcfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            method.after_optimizer_step()
+            optimizer.zero_grad(set_to_none=True)
+            for key, value in terms.items():
+                sums[key] += float(value)
+            state.global_step += 1
+            state.cost_passes += method.passes_per_step() * len(batch["labels"]) * world_size
+            if bar is not None:
+                bar.update(1)
+                if (step + 1) % tcfg.progress_every == 0 or step + 1 == steps_per_epoch:
+                    bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}")
+        if bar is not None:
+            bar.close()
+        epoch_time = time.perf_counter() - started
+        method.on_epoch_end(epoch)
+        state.wall_time_s += epoch_time
+        train_terms = _mean_across_ranks({k: v / steps_per_epoch for k, v in sums.items()}, world_size)
+        epoch_metrics: dict[str, float] = {
+            "train_loss": train_terms.pop("loss"),
+            **{f"train/{k}": v for k, v in train_terms.items()},
+            "epoch_time_s": epoch_time,
+            "cost/fwd_bwd_passes": state.cost_passes,
+            "cost/train_time_s": state.wall_time_s,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        if rank == 0:
+            final = epoch == tcfg.epochs
+            epoch_metrics.update(
+                clean_metrics(method, task, cfg.eval, tcfg.eval_batch_size,
+                              plot_dir=plot_dir if final else None)
+            )
+        state.epoch = epoch
+        state.history.append({"epoch": float(epoch), **epoch_metrics})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, epoch_metrics, snapshot)
+        adapter.model.train()
+    return state
