@@ -108,3 +108,16 @@ def tiny_batch() -> dict:
 @pytest.fixture
 def tiny_task() -> Task:
     return make_tiny_task()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs, 127.0.0.1) shared by the tests that run real trials."""
+    import ray
+
+    from robustsweep.config import ClusterConfig
+    from robustsweep.train.ray_trainer import ensure_ray
+
+    ensure_ray(ClusterConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()

@@ -202,7 +202,8 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    hide = isinstance(value, dict) or value is None or first["type"] == "extra_forbidden"
+    shown = "" if hide else f" (got {value!r})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"{origin}: {where}: {msg}{shown}{more}"
 
@@ -219,6 +220,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return path, value
 
 

@@ -288,11 +288,12 @@ def load_task(cfg: DataConfig, anomaly: list[SplitSource] | None = None) -> Task
     stats: dict[str, int] = {}
     seed = cfg.split_seed
     frame, source_names, has_splits = read_source(cfg.source, cfg.train_split)
-    text_fields = ["text"] if cfg.source.startswith("builtin:") else cfg.text_fields
-    label_names = cfg.label_names or source_names or infer_label_names(frame, cfg.label_field, cfg.source)
-    label_field = "label" if cfg.source.startswith("builtin:") else cfg.label_field
-    if cfg.source.startswith("builtin:") and source_names is None:
+    builtin = cfg.source.startswith("builtin:")
+    if builtin and source_names is None:
         raise DataError(f"{cfg.source}: an unlabeled set cannot be a training source")
+    text_fields = ["text"] if builtin else cfg.text_fields
+    label_field = "label" if builtin else cfg.label_field
+    label_names = cfg.label_names or source_names or infer_label_names(frame, label_field, cfg.source)
     full = frame_to_textset(frame, f"{cfg.source}[{cfg.train_split}]", text_fields, label_field,
                             label_names, stats)
     if cfg.eval_split:

@@ -189,7 +189,7 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 if (step + 1) % tcfg.progress_every == 0 or step + 1 == steps_per_epoch:
-                    bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}")
+                    bar.set_description(f"epoch {epoch}/{tcfg.epochs} loss {sums['loss'] / (step + 1):.4f}")
         if bar is not None:
             bar.close()
         epoch_time = time.perf_counter() - started

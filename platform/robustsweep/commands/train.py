@@ -1,0 +1,54 @@
+"""Train and evaluate one configuration (one trial) on Ray Train, logged to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "train"
+HELP = "Run one trial of a job (Ray Train workers, MLflow run)"
+ORDER = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="Job YAML file (see jobs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a config value, e.g. --set scaling.num_workers=2 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from the newest checkpoint in the job's output dir")
+    parser.add_argument("--max-failures", type=int, default=0,
+                        help="Restart failed workers from the last checkpoint up to N times")
+
+
+def print_summary(result: "TrialResult") -> None:  # noqa: F821 - imported lazily below
+    from rich.console import Console
+    from rich.table import Table
+
+    from robustsweep import tracking
+
+    table = Table(title="Trial results", title_justify="left")
+    table.add_column("metric", style="cyan")
+    table.add_column("value", justify="right")
+    for key in sorted(k for k in result.metrics if k != "lr"):
+        value = result.metrics[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console(soft_wrap=True)
+    console.print(table)
+    console.print(f"results   : {result.trial_dir / 'results.json'}")
+    if result.run_id:
+        console.print(f"MLflow run: {result.run_id}")
+        console.print(f"MLflow UI : {tracking.ui_command(result.tracking_uri)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustsweep.config import load_job
+    from robustsweep.train.trial import run_trial
+
+    cfg = load_job(args.job, args.overrides)
+    if args.resume and not (cfg.resolved_output_dir() / "trial.json").is_file():
+        from robustsweep.errors import ConfigError
+
+        raise ConfigError(f"--resume: no trial in {cfg.resolved_output_dir()} to resume")
+    result = run_trial(cfg, resume=args.resume, max_failures=args.max_failures)
+    print_summary(result)
+    return 0

@@ -1,0 +1,44 @@
+"""Checkpoint files: ``<dir>/state.pt`` (torch, weights_only-loadable) + ``<dir>/meta.json``.
+
+Ray Train persists each reported checkpoint as ``<trial dir>/ray/<attempt>/epoch_NNN``; the
+newest epoch across attempts is what ``--resume`` picks up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def write_checkpoint(directory: Path, state: dict[str, Any], epoch: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / STATE_FILE)
+    (directory / META_FILE).write_text(json.dumps({"epoch": epoch}))
+    return directory
+
+
+def read_checkpoint(directory: Path | str) -> dict[str, Any]:
+    """Load a checkpoint's state with ``weights_only=True`` (no arbitrary unpickling)."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def checkpoint_epoch(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / META_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest epoch under ``trial_dir/ray`` (None if none)."""
+    candidates = [p.parent for p in (trial_dir / "ray").glob(f"*/*/{META_FILE}")
+                  if (p.parent / STATE_FILE).is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))

@@ -1,0 +1,168 @@
+"""Ray Train wiring: one trial = one ``TorchTrainer`` with N workers running ``fit``.
+
+The worker function rebuilds everything from the plain-dict payload (so it works on any node),
+wraps the model in DDP when there are several workers, reports once per epoch with a
+checkpoint from rank 0, and logs to MLflow from rank 0 through an explicit absolute URI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustsweep.config import ClusterConfig, JobConfig
+from robustsweep.train.checkpoints import read_checkpoint, write_checkpoint
+
+# Quiet, localhost-only defaults; users can override any of them in their environment.
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def ensure_ray(cluster: ClusterConfig) -> None:
+    """Connect to the configured cluster (``address`` / RAY_ADDRESS) or start a local one.
+
+    A local instance binds 127.0.0.1 (dashboard included: Train V2's State API needs it to
+    clean up stopped trials, offline.md); it declares a ``trial_driver``
+    resource so Tune trial drivers never take the CPUs their Train workers need (on a 2-core
+    machine a driver holding 1 CPU deadlocks a 2-worker trial).
+    """
+    import ray
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {k: os.environ[k] for k in (
+        "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "ROBUSTSWEEP_CACHE", "NLTK_DATA", "TA_CACHE_DIR",
+        "TOKENIZERS_PARALLELISM", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS") if k in os.environ}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    num_cpus = cluster.num_cpus or os.cpu_count() or 1
+    ray.init(
+        num_cpus=num_cpus,
+        resources={"trial_driver": 1000},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address=cluster.node_ip_address,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+
+
+def cpus_per_worker(cfg: JobConfig) -> float:
+    """CPUs per Train worker: configured, or the cluster's CPUs split evenly."""
+    if cfg.scaling.cpus_per_worker:
+        return cfg.scaling.cpus_per_worker
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return max(1.0, math.floor(total / cfg.scaling.num_workers))
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """Runs on every Train worker: build task/model/method, resume, fit, final eval (rank 0)."""
+    import ray.train
+    import ray.train.torch
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+    from robustsweep import tracking
+    from robustsweep.data import load_task
+    from robustsweep.methods import build
+    from robustsweep.models import load_model
+    from robustsweep.train.loop import fit, seed_everything
+    from robustsweep.train.results import finish_trial
+
+    cfg = JobConfig.model_validate(payload["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(payload["threads"])))
+    seed_everything(cfg.seed)
+    task = load_task(cfg.data, cfg.eval.anomaly)
+    adapter = load_model(cfg.model, task.num_labels, cfg.data.max_length, cfg.data.lowercase,
+                         task.label_names)
+    adapter.core.to(ray.train.torch.get_device())
+    method = build(cfg.method.name, cfg.method.knobs)
+    method.setup(adapter, task)
+    if world > 1:
+        adapter.model = ray.train.torch.prepare_model(adapter.core, move_to_device=False)
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = read_checkpoint(directory)
+    elif payload.get("resume_path"):
+        resume = read_checkpoint(payload["resume_path"])
+
+    out = Path(payload["trial_dir"])
+    uri, run_id = payload.get("tracking_uri"), payload.get("run_id")
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], state_fn: Any) -> None:
+        report = {**metrics, "epoch": epoch, "done": epoch == cfg.train.epochs}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                write_checkpoint(Path(tmp), state_fn(), epoch)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                if uri and run_id:
+                    tracking.log_metrics(uri, run_id, metrics, step=epoch)
+            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
+        if epoch == payload.get("fail_after_epoch"):
+            raise RuntimeError(f"injected failure after epoch {epoch} (ROBUSTSWEEP_FAIL_AFTER_EPOCH)")
+
+    def progress(total: int, desc: str) -> Any:
+        return ray_tqdm(total=total, desc=desc)
+
+    state = fit(adapter, method, task, cfg, rank=rank, world_size=world, resume=resume,
+                on_epoch_end=on_epoch_end, progress=progress, plot_dir=out / "artifacts")
+    if rank == 0:
+        finish_trial(method, task, cfg, state, out, payload)
+
+
+def build_trainer(cfg: JobConfig, payload: dict[str, Any], storage: Path, attempt: str,
+                  callbacks: list[Any] | None = None, max_failures: int = 0) -> Any:
+    """The TorchTrainer for one trial (checkpoints under ``storage/attempt/epoch_NNN``)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cpus = cpus_per_worker(cfg)
+    payload = {**payload, "threads": max(1, int(cpus))}
+    resources = {"CPU": cpus}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=payload,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=attempt,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("ROBUSTSWEEP_TRAIN_LOG_LEVEL", "WARNING")),
+        ),
+    )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (a killed driver never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)

@@ -1,0 +1,82 @@
+"""The end of a trial on rank 0: final evaluation, one results record, MLflow artifacts.
+
+Each finished trial writes ``results.json`` (RobustBench-style: metrics, knobs, config hash,
+git SHA, seed, history), so reports can be built even when MLflow is unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from robustsweep import tracking
+from robustsweep.config import JobConfig
+from robustsweep.data import Task
+from robustsweep.methods.base import RobustMethod
+
+RESULTS_FILE = "results.json"
+# Config sections that define *what* is trained and measured (not where it is logged).
+_HASHED_SECTIONS = ("seed", "data", "model", "method", "train", "eval")
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """Short hash of the parts of a config that change results."""
+    dumped = cfg.model_dump(mode="json")
+    canonical = json.dumps({k: dumped[k] for k in _HASHED_SECTIONS}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def git_sha() -> str:
+    """Commit of the robustsweep checkout, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, out: Path,
+                 payload: dict[str, Any]) -> dict[str, Any]:
+    """Run the final evaluation suite, write results.json, log everything to MLflow."""
+    from robustsweep.evaluate import suite
+
+    artifacts_dir = out / "artifacts"
+    final = {k: v for k, v in state.history[-1].items() if k != "epoch"} if state.history else {}
+    extra: dict[str, float] = {}
+    files: list[Path] = []
+    if hasattr(suite, "final_metrics"):
+        extra, files = suite.final_metrics(method, task, cfg, artifacts_dir)
+    final.update(extra)
+    record = {
+        "run_id": payload.get("run_id"),
+        "trial_id": payload.get("trial_id"),
+        "method": cfg.method.name,
+        "knobs": method.knobs.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "config_hash": config_hash(cfg),
+        "git_sha": payload.get("git_sha") or git_sha(),
+        "epochs": state.epoch,
+        "metrics": final,
+        "history": state.history,
+        "data_stats": task.stats,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    uri, run_id = payload.get("tracking_uri"), payload.get("run_id")
+    if uri and run_id:
+        tracking.log_metrics(uri, run_id, extra, step=state.epoch)
+        tracking.log_artifacts(uri, run_id, [out / RESULTS_FILE])
+        evaluation_files = sorted({p.resolve() for p in [*artifacts_dir.glob("*"), *files] if p.is_file()})
+        tracking.log_artifacts(uri, run_id, evaluation_files, artifact_path="evaluation")
+    return record
+
+
+def read_results(trial_dir: Path) -> dict[str, Any] | None:
+    path = trial_dir / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
