@@ -129,6 +129,29 @@ class EvalConfig(_Strict):
     anomaly: list[SplitSource] = Field(
         default_factory=list, description="Out-of-distribution text sets for anomaly AUROC"
     )
+    attack_seed: int | None = Field(
+        None, ge=0, description="Override the profiles' attack seed (changes the profile hash)"
+    )
+    attack_timeout_s: float | None = Field(
+        None, gt=0, description="Per-example time limit in seconds; a timeout is its own outcome"
+    )
+    attack_query_budget: int | None = Field(
+        None, ge=1, description="Override the profiles' model-query budget per example"
+    )
+    attack_max_modify_rate: float | None = Field(
+        None, gt=0, le=1, description="Override the profiles' max share of perturbed words"
+    )
+    attack_only_correct: bool | None = Field(
+        None, description="Attack only correctly classified examples (null = profile's choice)"
+    )
+    attack_workers: int | None = Field(
+        1, ge=1, description="Parallel attack workers (Ray actors, one model replica each); "
+        "null = one per free CPU"
+    )
+    proxy_attack: str | None = Field(
+        None, description="Cheap attack profile for per-epoch robust accuracy (null = none)"
+    )
+    proxy_examples: int = Field(32, ge=1, description="Examples the per-epoch proxy attack uses")
 
 
 class TrackingConfig(_Strict):
@@ -141,10 +164,160 @@ class TrackingConfig(_Strict):
     enabled: bool = Field(True, description="Log to MLflow at all")
 
 
-class SweepConfig(_Strict):
-    """Sweep settings; filled in by the sweep module (validated there)."""
+class ObjectiveConfig(_Strict):
+    """One thing the sweep optimises: a canonical metric name and a direction."""
 
-    model_config = ConfigDict(extra="allow")
+    metric: str = Field(
+        pattern=r"^[A-Za-z0-9_./:-]+$",
+        description="Canonical metric name, e.g. clean_accuracy or robust_accuracy/<attack>",
+    )
+    mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric")
+
+
+class AshaConfig(_Strict):
+    """Early stopping of bad trials (ASHA) on one cheap metric that every epoch reports."""
+
+    enabled: bool = Field(False, description="Stop trials early with ASHA")
+    metric: str | None = Field(
+        None, description="Per-epoch metric ASHA compares (a cheap robustness proxy for robust "
+        "objectives); null = the single objective"
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Direction of asha.metric; null = the objective's (else max)"
+    )
+    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before it can stop")
+    reduction_factor: float = Field(2.0, gt=1, description="Keep the top 1/rf at each rung")
+
+
+class SweepConfig(_Strict):
+    """A sweep: which methods, how many trials, what to optimise, how to search and prune.
+
+    Search spaces come from ``<space_dir>/<method>.yaml``; ``spaces`` overrides them per knob.
+    Every trial is the job with the sampled method, knobs and train settings filled in.
+    """
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["vanilla"], min_length=1,
+        description="Methods to sweep (registered names); each searches only its own knobs",
+    )
+    num_samples: int | None = Field(
+        None, ge=1, description="Total trials; the sampler also picks the method "
+        "(null = 4 per method unless num_samples_per_method is set)"
+    )
+    num_samples_per_method: int | None = Field(
+        None, ge=1, description="Trials per method (methods take turns; the sampler picks knobs)"
+    )
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [ObjectiveConfig(metric="clean_accuracy")], min_length=1,
+        max_length=4, description="Metrics to optimise (several = multi-objective, Pareto front)",
+    )
+    sampler: Literal["tpe", "nsga2", "random"] = Field(
+        "tpe", description="Optuna sampler (tpe handles one or several objectives)"
+    )
+    n_startup_trials: int | None = Field(
+        None, ge=0, description="Random trials before the sampler models the results "
+        "(null = total/4 clamped to [2, 10]); NSGA-II population size"
+    )
+    seed: int | None = Field(None, ge=0, description="Sampler seed; null = the job seed")
+    seeds: list[int] = Field(
+        default_factory=list, description="Training seeds that trials take in turn "
+        "(empty = the job seed for every trial)"
+    )
+    study_name: str | None = Field(
+        None, description="Optuna study name; null = <job name>-<start time>"
+    )
+    storage: str | None = Field(
+        None, description="Optuna storage: sqlite:///… | postgresql://… | mysql://… | "
+        "journal:<file>; null = sqlite:///<output_dir>/optuna.db"
+    )
+    space_dir: str | None = Field(
+        None, description="Directory of <method>.yaml search spaces; null = the project's"
+    )
+    spaces: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-method overrides: knob -> distribution "
+        "({type, low, high, log, step, choices}) or a fixed value"
+    )
+    train_space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Shared train settings to search for every method, "
+        "e.g. {lr: {type: float, low: 1e-5, high: 1e-4, log: true}}"
+    )
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials at once; null = free CPUs / (num_workers x CPUs per worker)"
+    )
+    cpus_per_trial_worker: float | None = Field(
+        None, gt=0,
+        description="CPUs per Train worker of a trial; null = scaling.cpus_per_worker or 1",
+    )
+    trial_resources: dict[str, float] = Field(
+        default_factory=lambda: {"trial_driver": 1.0},
+        description="Ray resources of each trial's driver process (not its workers); a "
+        "cluster's nodes must declare them (ray start --resources)",
+    )
+    max_failures: int = Field(
+        0, ge=0, description="Worker restarts per trial from its last checkpoint"
+    )
+    rank_by: str | None = Field(
+        None, description="Metric that picks each method's best trial in the report; "
+        "null = the first objective"
+    )
+    rank_min: dict[str, float] = Field(
+        default_factory=dict, description="Floors a trial must reach to be ranked, e.g. "
+        "{clean_accuracy: 0.6}: a collapsed (constant) model scores high robust accuracy"
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        from robustsweep.errors import MethodError
+        from robustsweep.methods import registry
+
+        if len(set(value)) != len(value):
+            raise ValueError("methods must not repeat")
+        for name in value:
+            try:
+                registry.get(name)
+            except MethodError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_objectives(cls, value: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        if len({o.metric for o in value}) != len(value):
+            raise ValueError("objective metrics must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        from robustsweep.sweep.params import check_space_overrides
+
+        if self.num_samples is not None and self.num_samples_per_method is not None:
+            raise ValueError("set num_samples or num_samples_per_method, not both")
+        if self.asha.enabled and self.asha.metric is None and len(self.objectives) > 1:
+            raise ValueError("asha.metric is required with several objectives (a per-epoch proxy)")
+        unknown = sorted(set(self.spaces) - set(self.methods))
+        if unknown:
+            raise ValueError(f"spaces.{unknown[0]}: not one of the sweep's methods")
+        check_space_overrides(self.spaces, self.train_space)
+        return self
+
+    def total_samples(self) -> int:
+        """Trials in the whole sweep."""
+        if self.num_samples_per_method is not None:
+            return self.num_samples_per_method * len(self.methods)
+        return self.num_samples if self.num_samples is not None else 4 * len(self.methods)
+
+    def objective_metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    def asha_metric_mode(self) -> tuple[str, str]:
+        """ASHA's (metric, mode): the proxy when given, else the single objective."""
+        if self.asha.metric is None:
+            first = self.objectives[0]
+            return first.metric, self.asha.mode or first.mode
+        modes = {o.metric: o.mode for o in self.objectives}
+        return self.asha.metric, self.asha.mode or modes.get(self.asha.metric, "max")
 
 
 class ClusterConfig(_Strict):

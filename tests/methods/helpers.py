@@ -25,6 +25,17 @@ def vanilla_grads(adapter: EncoderAdapter, batch: dict) -> tuple[float, dict[str
     return loss.item(), out
 
 
+def recording(fn, sink: list):
+    """Wrap ``fn`` so every tensor it returns is also appended (detached copy) to ``sink``."""
+
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        sink.append(out.detach().clone())
+        return out
+
+    return wrapper
+
+
 def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for name in a:

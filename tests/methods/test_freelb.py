@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_batch, make_tiny_adapter
-from helpers import assert_grads_close, grads, vanilla_grads
+from helpers import assert_grads_close, grads, recording, vanilla_grads
 from robustsweep.methods import build, perturb
 from robustsweep.methods import freelb as freelb_module
 
@@ -24,17 +24,8 @@ def test_single_pass_without_init_equals_vanilla() -> None:
 def test_gradient_is_the_mean_over_the_iterates(monkeypatch) -> None:
     adapter, batch = make_tiny_adapter(), make_batch()
     iterates: list[torch.Tensor] = []
-    real_init, real_step = perturb.init_delta, perturb.ascent_step
-
-    def record(fn):
-        def wrapper(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            iterates.append(out.detach().clone())
-            return out
-        return wrapper
-
-    monkeypatch.setattr(freelb_module, "init_delta", record(real_init))
-    monkeypatch.setattr(freelb_module, "ascent_step", record(real_step))
+    monkeypatch.setattr(freelb_module, "init_delta", recording(perturb.init_delta, iterates))
+    monkeypatch.setattr(freelb_module, "ascent_step", recording(perturb.ascent_step, iterates))
     k = 3
     method = build("freelb", {"adv_steps": k, "adv_lr": 0.1, "adv_max_norm": 0.5, "adv_dropout": "off"})
     method.setup(adapter)
@@ -61,14 +52,7 @@ def test_dropout_masks_across_passes(mode: str, identical: bool) -> None:
     method = build("freelb", {"adv_steps": 3, "adv_lr": 0.0, "adv_init_mag": 0.0, "adv_dropout": mode})
     method.setup(adapter)
     outputs: list[torch.Tensor] = []
-    real_logits = adapter.logits
-
-    def recording_logits(*args, **kwargs):
-        out = real_logits(*args, **kwargs)
-        outputs.append(out.detach().clone())
-        return out
-
-    adapter.logits = recording_logits  # type: ignore[method-assign]
+    adapter.logits = recording(adapter.logits, outputs)  # type: ignore[method-assign]
     method.training_step(batch)
     assert len(outputs) == 3
     same = all(torch.equal(outputs[0], o) for o in outputs[1:])

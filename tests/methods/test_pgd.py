@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_batch, make_tiny_adapter
-from helpers import LinearAdapter, assert_grads_close, grads, vanilla_grads
+from helpers import LinearAdapter, assert_grads_close, grads, recording, vanilla_grads
 from robustsweep.methods import build, perturb
 from robustsweep.methods import pgd as pgd_module
 
@@ -26,14 +26,7 @@ def test_zero_step_and_zero_init_equal_vanilla() -> None:
 def test_every_iterate_stays_in_the_ball_and_off_padding(monkeypatch, norm_type: str, eps: float) -> None:
     adapter, batch = make_tiny_adapter(), make_batch()
     seen: list[torch.Tensor] = []
-    real_step = perturb.ascent_step
-
-    def recording_step(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        seen.append(out.detach().clone())
-        return out
-
-    monkeypatch.setattr(pgd_module, "ascent_step", recording_step)
+    monkeypatch.setattr(pgd_module, "ascent_step", recording(perturb.ascent_step, seen))
     method = build("pgd", {"adv_steps": 4, "adv_lr": 1.0, "adv_max_norm": eps, "norm_type": norm_type})
     method.setup(adapter)
     method.training_step(batch)

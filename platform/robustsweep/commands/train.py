@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from robustsweep.commands._args import add_job_arguments
 
 NAME = "train"
 HELP = "Run one trial of a job (Ray Train workers, MLflow run)"
@@ -11,9 +12,7 @@ ORDER = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", help="Job YAML file (see jobs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config value, e.g. --set scaling.num_workers=2 (repeatable)")
+    add_job_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the newest checkpoint in the job's output dir")
     parser.add_argument("--max-failures", type=int, default=0,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from robustsweep.commands._args import add_job_arguments
+
 NAME = "validate"
 HELP = "Check a job YAML and print the resolved config"
 ORDER = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", help="Job YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config value, e.g. --set train.epochs=2 (repeatable)")
+    add_job_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,208 @@
+"""Attack speed: robustsweep's attack evaluation vs TextAttack's ``Attacker``, side by side.
+
+Same recipe (built by the same function), same victim weights, same examples, same per-example
+seeds and the same cores. Ray pool start-up (seconds, paid once per evaluation) is timed and
+printed apart from the attack time. Three ways to run it:
+
+  stock     TextAttack ``Attacker`` + ``HuggingFaceModelWrapper`` as shipped (pads to 512)
+  padfix    the same with the tokenizer's ``model_max_length`` set to the job's max_length
+  ours      ``robustsweep.evaluate.attacks.run_profile`` (batched, cached, dynamic padding),
+            with 1 worker in-process and with N Ray actor workers
+
+It checks that every example gets the same outcome (and perturbed text) in all runs and prints
+the speed-ups and the throughput against the number of attack workers.
+
+  .venv/bin/python benchmarks/attack_speed.py --run runs/attack_victim --recipe pwws -n 10
+  .venv/bin/python benchmarks/attack_speed.py --train-rows 2000     # trains a quick victim first
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from robustsweep.evaluate.attacks import (
+    Example,
+    example_seed,
+    run_profile,
+    select_examples,
+    warm_up,
+)
+from robustsweep.evaluate.outcomes import ExampleResult
+from robustsweep.evaluate.profiles import load_profile
+from robustsweep.evaluate.recipes import get_recipe
+from robustsweep.evaluate.trial import LoadedTrial, load_trial, resolve, write_trial
+from robustsweep.textattack_env import import_textattack
+
+
+def train_victim(rows: int, out: Path) -> Path:
+    """Fine-tune the builtin MiniLM on ``rows`` MR sentences for 1 epoch (max_length 64)."""
+    from robustsweep.config import validate_job
+    from robustsweep.data import load_task
+    from robustsweep.methods import build
+    from robustsweep.models import load_model
+    from robustsweep.train.loop import fit, seed_everything
+
+    cfg = validate_job({"name": "attack-victim", "data": {"train_size": rows, "eval_size": 500,
+                                                          "max_length": 64}})
+    seed_everything(cfg.seed)
+    task = load_task(cfg.data)
+    adapter = load_model(cfg.model, task.num_labels, cfg.data.max_length)
+    method = build("vanilla")
+    method.setup(adapter, task)
+    fit(adapter, method, task, cfg)
+    write_trial(out, cfg, method)
+    return out
+
+
+def stock_run(victim: LoadedTrial, recipe: str, examples: list[Example], seed: int,
+              max_length: int | None) -> tuple[list[ExampleResult], float]:
+    """TextAttack's Attacker, one example per call so each gets its per-example seed."""
+    import copy
+
+    import textattack
+    from textattack.models.wrappers import HuggingFaceModelWrapper
+
+    from robustsweep.evaluate.attacks import AttackRunner
+
+    adapter = victim.method.adapter
+    tokenizer = copy.copy(adapter.tokenizer)
+    if max_length is not None:
+        tokenizer.model_max_length = max_length
+    adapter.core.eval()
+    wrapper = HuggingFaceModelWrapper(adapter.core, tokenizer)
+    attack = get_recipe(recipe).build(wrapper)
+    warm_up(attack)  # as our runner does: loading WordNet is not attacking
+    results = []
+    started = time.perf_counter()
+    for ex in examples:
+        dataset = textattack.datasets.Dataset([(ex.text, ex.label)])
+        args = textattack.AttackArgs(num_examples=1, random_seed=example_seed(seed, ex.example_id),
+                                     silent=True, disable_stdout=True)
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            [result] = textattack.Attacker(attack, dataset, args).attack_dataset()
+        results.append(AttackRunner._from_result(ex, result, time.perf_counter() - t0))
+    return results, time.perf_counter() - started
+
+
+def ours_run(victim: LoadedTrial, recipe: str, n: int, seed: int,
+             workers: int) -> tuple[list[ExampleResult], float, float]:
+    """(rows, attack seconds, start-up seconds): Ray start-up is timed apart from the attack."""
+    profile = load_profile(recipe).model_copy(update={"num_examples": n, "seed": seed})
+    out = Path(tempfile.mkdtemp(prefix="attack_speed_"))
+    pool = None
+    try:
+        started = time.perf_counter()
+        if workers > 1:
+            from robustsweep.evaluate.attack_pool import AttackPool
+
+            pool = AttackPool(victim.method, profile, workers)
+        startup = time.perf_counter() - started
+        report = run_profile(victim.method, victim.task.eval, profile, out, workers=workers,
+                             progress=False, pool=pool)
+        rows = sorted(report.table.read(), key=lambda r: r.example_id)
+        return rows, report.seconds, startup
+    finally:
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def compare(name: str, ref: list[ExampleResult], other: list[ExampleResult]) -> str:
+    """Per-example agreement on the examples both runs attacked."""
+    other_by = {r.example_id: r for r in other}
+    shared = [r for r in ref if r.example_id in other_by]
+    same_outcome = sum(other_by[r.example_id].outcome == r.outcome for r in shared)
+    same_text = sum(other_by[r.example_id].perturbed_text == r.perturbed_text for r in shared)
+    return (f"{name:<12} outcomes identical {same_outcome}/{len(shared)}, "
+            f"perturbed texts identical {same_text}/{len(shared)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--run", default="runs/attack_victim", help="Victim trial/checkpoint dir")
+    parser.add_argument("--train-rows", type=int, default=None,
+                        help="Train a quick victim on this many MR rows first (into --run)")
+    parser.add_argument("--recipe", action="append", default=None,
+                        help="Recipe(s) to compare (default: deepwordbug and pwws)")
+    parser.add_argument("-n", "--num-examples", type=int, default=10)
+    parser.add_argument("--workers", default="1,2", help="Worker counts for our runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stock-examples", type=int, default=None, metavar="K",
+                        help="Run the (slow) 512-padding baseline on the first K examples only; "
+                        "its speed-up is then per example (0 skips it)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the in-process runs (default: all cores); Ray "
+                        "workers always get cores / workers threads each")
+    args = parser.parse_args(argv)
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(args.threads or cores)
+    import_textattack()
+    run_dir = Path(args.run)
+    if args.train_rows:
+        train_victim(args.train_rows, run_dir)
+    trial_dir, checkpoint = resolve(str(run_dir), [])
+    victim = load_trial(trial_dir, checkpoint, anomaly=False)
+    max_length = victim.cfg.data.max_length
+    workers = [int(w) for w in args.workers.split(",")]
+    from robustsweep.evaluate.recipes import textattack_version
+
+    print(f"victim {trial_dir} | {cores} cores, {torch.get_num_threads()} torch threads in-process "
+          f"| max_length {max_length} | N={args.num_examples} | textattack {textattack_version()}")
+
+    for recipe in args.recipe or ["deepwordbug", "pwws"]:
+        profile = load_profile(recipe).model_copy(update={"num_examples": args.num_examples})
+        examples = select_examples(victim.method, victim.task.eval, profile)
+        print(f"\n== {recipe}: {get_recipe(recipe).title}")
+        timings: dict[str, float] = {}
+        runs: dict[str, list[ExampleResult]] = {}
+        k = len(examples) if args.stock_examples is None else min(args.stock_examples, len(examples))
+        if k:
+            rows, seconds = stock_run(victim, recipe, examples[:k], args.seed, None)
+            runs["stock"], timings["stock"] = rows, seconds * len(examples) / k
+        runs["padfix"], timings["padfix"] = stock_run(victim, recipe, examples, args.seed, max_length)
+        startups: dict[str, float] = {}
+        for w in workers:
+            key = f"ours x{w}"
+            runs[key], timings[key], startups[key] = ours_run(victim, recipe, args.num_examples,
+                                                              args.seed, w)
+        n = len(examples)
+        print(f"{'run':<12} {'seconds':>8} {'s/example':>10} {'examples/s':>11}")
+        for key, seconds in timings.items():
+            extra = f"  (+{startups[key]:.1f} s Ray pool start-up)" if startups.get(key) else ""
+            if key == "stock" and k < n:
+                extra = f"  (measured on {k} examples, scaled to {n})"
+            print(f"{key:<12} {seconds:8.1f} {seconds / n:10.3f} {n / seconds:11.3f}{extra}")
+        best = min((k for k in timings if k.startswith("ours")), key=timings.get)
+        if "stock" in timings:
+            print(f"speed-up of {best} vs stock TextAttack (512 padding): "
+                  f"{timings['stock'] / timings[best]:.1f}x (goal >= 20x)")
+        print(f"speed-up of {best} vs TextAttack with padding fixed: "
+              f"{timings['padfix'] / timings[best]:.1f}x (goal >= 2x)")
+        one = timings.get("ours x1")
+        if one:
+            for w in workers:
+                print(f"throughput with {w} worker(s): {n / timings[f'ours x{w}']:.3f} ex/s "
+                      f"({one / timings[f'ours x{w}']:.2f}x of 1 worker)")
+        reference = runs["padfix"]
+        for key, rows in runs.items():
+            print(compare(key, reference, rows))
+        outcomes = {o: sum(r.outcome == o for r in runs[best]) for o in
+                    ("successful", "failed", "skipped", "timeout")}
+        print(f"outcomes: {outcomes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Evaluate a trained trial after the fact (attacks + anomaly detection) and log the results
+into the trial's own MLflow run.
+
+``--run`` takes a trial output dir, a checkpoint dir inside it, or an MLflow run id (found by
+searching ``--search`` dirs for the trial.json that names it). Per-example tables resume: run
+the same command again after an interruption and it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+NAME = "eval"
+HELP = "Attack / anomaly-evaluate a trained trial and log into its MLflow run"
+ORDER = 60
+DEFAULT_ATTACKS = ["deepwordbug", "pwws", "textfooler-glove"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="REF",
+                        help="MLflow run id, trial output dir or checkpoint dir")
+    parser.add_argument("--attack", action="append", default=None, metavar="PROFILE",
+                        help="Attack profile (repeatable); default: the job's eval.attacks, "
+                        f"else {' '.join(DEFAULT_ATTACKS)}")
+    parser.add_argument("--num-examples", type=int, default=None, metavar="N",
+                        help="Examples per attack (default: the job's eval.attack_examples)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="Parallel attack workers (Ray actors); default: the job's setting")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="Per-example time limit (a timeout is its own outcome)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="Where tables and plots go (default: <trial dir>/eval)")
+    parser.add_argument("--search", type=Path, action="append", default=None, metavar="DIR",
+                        help="Where to look for the trial of an MLflow run id (default: runs/)")
+    parser.add_argument("--no-log", action="store_true", help="Do not log to MLflow")
+
+
+def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict[str, float],
+                  tags: dict[str, str], artifacts: list[Path], step: int) -> None:
+    """Append metrics, tags and artifacts to an existing run (which stays in its state)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items()) if math.isfinite(v)]
+    for start in range(0, len(rows), 500):
+        client.log_batch(run_id, metrics=rows[start:start + 500])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    for path in artifacts:
+        sub = "eval" if path.parent.name in ("eval", "") else f"eval/{path.parent.name}"
+        client.log_artifact(run_id, str(path), artifact_path=sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustsweep.errors import ConfigError
+    from robustsweep.evaluate import trial as trials
+    from robustsweep.evaluate.suite import clean_metrics, final_metrics, profile_tags
+
+    search = args.search or [Path("runs")]
+    trial_dir, checkpoint = trials.resolve(args.run, [p.resolve() for p in search])
+    loaded = trials.load_trial(trial_dir, checkpoint)
+    eval_cfg = loaded.cfg.eval
+    update: dict[str, object] = {"attacks": args.attack or eval_cfg.attacks or DEFAULT_ATTACKS}
+    if args.num_examples is not None:
+        if args.num_examples < 1:
+            raise ConfigError("--num-examples must be at least 1")
+        update["attack_examples"] = args.num_examples
+    if args.workers is not None:
+        update["attack_workers"] = args.workers
+    if args.timeout is not None:
+        update["attack_timeout_s"] = args.timeout
+    eval_cfg = eval_cfg.model_validate({**eval_cfg.model_dump(), **update})
+    out_dir = (args.out or trial_dir / "eval").resolve()
+    print(f"trial {trial_dir} (checkpoint {checkpoint.relative_to(trial_dir)})")
+
+    clean = clean_metrics(loaded.method, loaded.task, eval_cfg)
+    metrics, artifacts = final_metrics(loaded.method, loaded.task, eval_cfg, out_dir)
+    tags = profile_tags(eval_cfg)
+    width = max(len(k) for k in [*clean, *metrics])
+    for key, value in [*clean.items(), *sorted(metrics.items())]:
+        print(f"  {key:<{width}}  {value:.4f}")
+    for key, value in tags.items():
+        if key.startswith("attack_profile/"):
+            print(f"  {key:<{width}}  {value}")
+    if args.no_log:
+        return 0
+    if not loaded.run_id:
+        print("trial.json names no MLflow run: results stay in", out_dir)
+        return 0
+    log_to_mlflow(loaded.tracking_uri, loaded.run_id, metrics, tags, artifacts,
+                  step=loaded.cfg.train.epochs)
+    print(f"logged {len(metrics)} metrics and {len(artifacts)} artifacts to run {loaded.run_id}")
+    return 0

@@ -1,0 +1,121 @@
+"""Named, versioned attack profiles: what an attack number means, pinned and hashed.
+
+A profile fixes the recipe, the constraints that differ from the recipe's defaults (modify
+cap, candidates per word, sentence similarity), the query budget, the examples (count, or
+explicit ids), the seed and the per-example time limit. Every robust metric is logged with
+the profile's name and the hash of its *effective* spec (after job-level overrides), so two
+numbers with the same name and hash were measured the same way.
+
+Bump ``version`` when a builtin profile's meaning changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from robustsweep.errors import ConfigError
+
+# TextDefender (Li et al., 2021, "Searching for an Effective Defender") evaluation settings,
+# from its args.py: modify_ratio 0.3, neighbour_vocab_size 50, sentence_similarity 0.840845057.
+TEXTDEFENDER = {"max_modify_rate": 0.3, "max_candidates": 50, "sentence_similarity": 0.840845057}
+
+
+class AttackProfile(BaseModel):
+    """One attack setting. Fields left ``None`` keep the recipe's published/TextAttack default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Metric suffix")
+    version: int = Field(1, ge=1, description="Bumped when the meaning changes")
+    recipe: str = Field(description="Recipe name (robustsweep.evaluate.recipes)")
+    description: str = Field("", description="What this profile is for")
+    num_examples: int = Field(100, ge=1, description="Examples attacked (first N of the eval set)")
+    example_ids: list[int] | None = Field(None, description="Explicit eval-set row ids (pinned)")
+    only_correct: bool = Field(
+        False, description="Attack the first N correctly classified examples instead of the "
+        "first N (misclassified ones then never count as skipped)")
+    max_modify_rate: float | None = Field(None, gt=0, le=1, description="Max share of words changed")
+    max_candidates: int | None = Field(None, ge=1, description="Swap candidates per word")
+    sentence_similarity: float | None = Field(
+        None, gt=0, le=1, description="Threshold of the recipe's sentence-encoder constraint")
+    query_budget: int | None = Field(None, ge=1, description="Model queries per example")
+    seed: int = Field(0, ge=0, description="Seed of random transformations (per example)")
+    timeout_s: float | None = Field(None, gt=0, description="Per-example time limit (timeout outcome)")
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that changes results (the description does not)."""
+        return self.model_dump(mode="json", exclude={"description"})
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical JSON spec."""
+        text = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """``name v<version> sha256:<12 hex>``: what MLflow tags and reports show."""
+        return f"{self.name} v{self.version} sha256:{self.hash[:12]}"
+
+
+def _builtin() -> dict[str, AttackProfile]:
+    from robustsweep.evaluate.recipes import RECIPES
+
+    profiles: dict[str, AttackProfile] = {}
+    for recipe in RECIPES.values():
+        profiles[recipe.name] = AttackProfile(
+            name=recipe.name, recipe=recipe.name,
+            description=f"{recipe.title} with TextAttack's defaults (stock)")
+        td = f"{recipe.name}-textdefender"
+        profiles[td] = AttackProfile(
+            name=td, recipe=recipe.name,
+            description=f"{recipe.title}, TextDefender settings (30% modify cap, 50 candidates, "
+            "sentence similarity 0.840845057)", **TEXTDEFENDER)
+    return profiles
+
+
+def builtin_profiles() -> dict[str, AttackProfile]:
+    return _builtin()
+
+
+def load_profile(name: str) -> AttackProfile:
+    """A builtin profile by name, or a YAML file (``file:<path>`` or a ``.yaml`` path)."""
+    path_text = name.removeprefix("file:")
+    if name.startswith("file:") or path_text.endswith((".yaml", ".yml")):
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"attack profile {name!r}: no such file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            profile = AttackProfile.model_validate(raw)
+        except (yaml.YAMLError, ValidationError) as exc:
+            first = str(exc).strip().splitlines()[0:3]
+            raise ConfigError(f"attack profile {path}: {' '.join(first)}") from None
+        from robustsweep.evaluate.recipes import get_recipe
+
+        get_recipe(profile.recipe)
+        return profile
+    profiles = builtin_profiles()
+    if name not in profiles:
+        raise ConfigError(f"unknown attack profile {name!r} (available: {', '.join(profiles)})")
+    return profiles[name]
+
+
+def effective_profile(name: str, eval_cfg: Any) -> AttackProfile:
+    """The profile with the job's ``eval`` overrides applied (these change the hash)."""
+    profile = load_profile(name)
+    update: dict[str, Any] = {"num_examples": eval_cfg.attack_examples}
+    for field, attr in (("seed", "attack_seed"), ("timeout_s", "attack_timeout_s"),
+                        ("query_budget", "attack_query_budget"),
+                        ("max_modify_rate", "attack_max_modify_rate"),
+                        ("only_correct", "attack_only_correct")):
+        value = getattr(eval_cfg, attr, None)
+        if value is not None:
+            update[field] = value
+    return AttackProfile.model_validate({**profile.model_dump(), **update})

@@ -1,0 +1,213 @@
+"""Report figures: the clean-vs-robust Pareto plot and per-method knob plots (PNG, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robustsweep.report.pareto import pareto_front
+from robustsweep.report.records import SweepRecords, TrialRecord
+
+_MARKERS = "osD^vP*Xh<>"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_axes(records: SweepRecords) -> tuple[str, str] | None:
+    """(x, y) metrics of the Pareto plot: clean accuracy vs the robustness objective.
+
+    y is the first objective other than x, else the first robust/proxy/OOD accuracy measured.
+    """
+    metrics = {k for t in records.finished() for k in t.metrics}
+    objectives = [m for m, _ in records.objectives]
+    x = "clean_accuracy" if "clean_accuracy" in metrics else (objectives[0] if objectives else None)
+    if x is None:
+        return None
+    candidates = [m for m in objectives if m != x]
+    for prefix in ("robust_accuracy/", "proxy_robust_accuracy/", "ood_accuracy/"):
+        candidates += sorted(m for m in metrics if m.startswith(prefix))
+    y = next((m for m in candidates if m in metrics), None)
+    return (x, y) if y else None
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialRecord]] | None:
+    """Every trial in (x, y); the front of finished trials outlined and joined; pruned marked.
+
+    Returns the figure path and the front's trials, or None when two metrics are not available.
+    """
+    axes = pareto_axes(records)
+    if axes is None:
+        return None
+    x, y = axes
+    modes = [records.mode_of(x), records.mode_of(y)]
+    plt = _pyplot()
+    methods = sorted({t.method for t in records.trials})
+    colors = _colors(methods)
+    finished = [t for t in records.finished() if x in t.metrics and y in t.metrics]
+    front = [
+        finished[i] for i in pareto_front([(t.metrics[x], t.metrics[y]) for t in finished], modes)
+    ]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    for i, method in enumerate(methods):
+        done = [t for t in finished if t.method == method]
+        if done:
+            ax.scatter(
+                [t.metrics[x] for t in done],
+                [t.metrics[y] for t in done],
+                s=46,
+                color=colors[method],
+                marker=_MARKERS[i % len(_MARKERS)],
+                label=method,
+                alpha=0.9,
+                zorder=3,
+            )
+        pruned = [
+            t
+            for t in records.trials
+            if t.method == method and not t.finished and x in t.metrics and y in t.metrics
+        ]
+        if pruned:
+            ax.scatter(
+                [t.metrics[x] for t in pruned],
+                [t.metrics[y] for t in pruned],
+                s=40,
+                color=colors[method],
+                marker="x",
+                alpha=0.6,
+                zorder=2,
+                label=f"{method} (pruned/unfinished)",
+            )
+    if front:
+        line = sorted((t.metrics[x], t.metrics[y]) for t in front)
+        ax.plot(
+            [p[0] for p in line],
+            [p[1] for p in line],
+            color="black",
+            lw=1,
+            ls="--",
+            zorder=1,
+            label="Pareto front (finished trials)",
+        )
+        ax.scatter(
+            [p[0] for p in line],
+            [p[1] for p in line],
+            s=150,
+            facecolors="none",
+            edgecolors="black",
+            lw=1.2,
+            zorder=4,
+        )
+        for t in front:
+            ax.annotate(
+                t.label,
+                (t.metrics[x], t.metrics[y]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=7,
+            )
+    missing = sum(1 for t in records.trials if not (x in t.metrics and y in t.metrics))
+    ax.set_xlabel(f"{x} ({modes[0]})")
+    ax.set_ylabel(f"{y} ({modes[1]})")
+    title = f"{records.name}: {len(records.trials)} trials, {len(front)} on the front"
+    if missing:
+        title += f", {missing} without both metrics (not shown)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path, front
+
+
+def varying_knobs(trials: list[TrialRecord], order: list[str] | None = None) -> list[str]:
+    """Knobs that take more than one value across ``trials`` (the searched ones), in the
+    search space's order when known (strength knobs come first there), else as recorded."""
+    seen: dict[str, None] = dict.fromkeys(order or [])
+    for trial in trials:
+        seen.update(dict.fromkeys(trial.knobs))
+    return [k for k in seen if len({repr(t.knobs.get(k)) for t in trials}) > 1]
+
+
+def _log_scale(values: list[float]) -> bool:
+    """Without a search space: log axis for positive values spanning 20x or more."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) >= 20
+
+
+def _log_axis(ax: Any) -> None:
+    """Log x axis labelled at 1, 2 and 5 per decade (readable over narrow ranges too)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def knob_plot(records: SweepRecords, method: str, metrics: list[str], path: Path) -> Path | None:
+    """Metric vs each searched knob of one method (rows: metrics, columns: knobs)."""
+    trials = [t for t in records.trials if t.method == method and t.metrics]
+    space = {knob: bool(log) for knob, log in records.knob_space.get(method, [])}
+    knobs = varying_knobs(trials, list(space))
+    metrics = [m for m in metrics if any(m in t.metrics for t in trials)]
+    if not knobs or not metrics:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(knobs),
+        figsize=(3.2 * len(knobs), 2.6 * len(metrics)),
+        dpi=110,
+        squeeze=False,
+    )
+    for col, knob in enumerate(knobs):
+        values = [t.knobs.get(knob) for t in trials]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        categories = sorted({repr(v) for v in values})
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for finished, marker, alpha in ((True, "o", 0.9), (False, "x", 0.6)):
+                group = [t for t in trials if t.finished == finished and metric in t.metrics]
+                xs = [
+                    t.knobs.get(knob) if numeric else categories.index(repr(t.knobs.get(knob)))
+                    for t in group
+                ]
+                ax.scatter(
+                    xs,
+                    [t.metrics[metric] for t in group],
+                    marker=marker,
+                    alpha=alpha,
+                    label="finished" if finished else "pruned/unfinished",
+                )
+            log = space[knob] if knob in space else _log_scale([float(v) for v in values])
+            if numeric and log:
+                _log_axis(ax)
+            if not numeric:
+                ax.set_xticks(range(len(categories)))
+                ax.set_xticklabels([c.strip("'") for c in categories], fontsize=7)
+            if row == len(metrics) - 1:
+                ax.set_xlabel(knob, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(metric, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"{method}: metrics vs searched knobs ({len(trials)} trials)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

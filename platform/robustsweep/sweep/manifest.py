@@ -1,0 +1,203 @@
+"""The sweep manifest: our own record of a sweep, so resume never depends on Tune state alone.
+
+``<sweep dir>/manifest.json`` holds the resolved job, the MLflow parent run, the Optuna study
+and, per Tune trial id, its status, Optuna number, parameters, MLflow child run, node and last
+metrics. Only the sweep driver writes it; every write replaces the file atomically (temp file,
+fsync, rename), so a driver killed with ``kill -9`` leaves either the old or the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from robustsweep.errors import ConfigError
+
+MANIFEST_FILE = "manifest.json"
+VERSION = 1
+
+PENDING, RUNNING, FINISHED, PRUNED, FAILED, INTERRUPTED = (
+    "PENDING",
+    "RUNNING",
+    "FINISHED",
+    "PRUNED",
+    "FAILED",
+    "INTERRUPTED",
+)
+TERMINAL = frozenset({FINISHED, PRUNED, FAILED})
+# What each trial status closes its MLflow child run as.
+RUN_STATUS = {
+    FINISHED: "FINISHED",
+    PRUNED: "KILLED",
+    FAILED: "FAILED",
+    INTERRUPTED: "KILLED",
+    RUNNING: "KILLED",
+    PENDING: "KILLED",
+}
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Manifest:
+    """A sweep's manifest; call ``update``/``update_trial`` and it is saved at once."""
+
+    def __init__(self, sweep_dir: Path, data: dict[str, Any]) -> None:
+        self.sweep_dir = Path(sweep_dir).resolve()
+        self.data = data
+        self._lock = threading.Lock()
+
+    # ---- life cycle ---------------------------------------------------------------------------
+    @staticmethod
+    def path_in(sweep_dir: Path) -> Path:
+        return Path(sweep_dir) / MANIFEST_FILE
+
+    @classmethod
+    def exists(cls, sweep_dir: Path) -> bool:
+        return cls.path_in(sweep_dir).is_file()
+
+    @classmethod
+    def create(
+        cls,
+        sweep_dir: Path,
+        *,
+        job: dict[str, Any],
+        job_file: str | None,
+        num_samples: int,
+        study_name: str,
+        storage: str,
+        tracking_uri: str | None,
+        experiment: str,
+        parent_run_id: str | None,
+        knob_space: dict[str, list] | None = None,
+    ) -> Manifest:
+        data = {
+            "version": VERSION,
+            "status": RUNNING,
+            "created": now(),
+            "updated": now(),
+            "job_file": job_file,
+            "job": job,
+            "num_samples": num_samples,
+            "study": {"name": study_name, "storage": storage},
+            "knob_space": knob_space or {},
+            "tracking": {
+                "uri": tracking_uri,
+                "experiment": experiment,
+                "parent_run_id": parent_run_id,
+            },
+            "tune_dir": "tune",
+            "resumes": [],
+            "trials": {},
+        }
+        manifest = cls(sweep_dir, data)
+        manifest.save()
+        return manifest
+
+    @classmethod
+    def load(cls, sweep_dir: Path) -> Manifest:
+        path = cls.path_in(sweep_dir)
+        if not path.is_file():
+            raise ConfigError(f"{sweep_dir}: not a sweep directory (no {MANIFEST_FILE})")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable manifest ({exc})") from None
+        if data.get("version") != VERSION:
+            raise ConfigError(f"{path}: manifest version {data.get('version')!r} is not {VERSION}")
+        return cls(Path(sweep_dir), data)
+
+    def save(self) -> None:
+        with self._lock:
+            self.data["updated"] = now()
+            atomic_write_json(self.path_in(self.sweep_dir), self.data)
+
+    # ---- access ---------------------------------------------------------------------------------
+    @property
+    def trials(self) -> dict[str, dict[str, Any]]:
+        return self.data["trials"]
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.data["tracking"]["parent_run_id"]
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.data["tracking"]["uri"]
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.sweep_dir / self.data["tune_dir"]
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.sweep_dir / "trials" / trial_id
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+        self.save()
+
+    def update_trial(self, trial_id: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into a trial's entry (created on first use) and save."""
+        with self._lock:
+            entry = self.trials.setdefault(
+                trial_id,
+                {
+                    "trial_id": trial_id,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "trial_dir": f"trials/{trial_id}",
+                },
+            )
+            metrics = fields.pop("metrics", None)
+            if metrics is not None:
+                entry["metrics"] = {**entry.get("metrics", {}), **metrics}
+            entry.update(fields)
+        self.save()
+        return entry
+
+    def counts(self) -> Counter[str]:
+        return Counter(t["status"] for t in self.trials.values())
+
+    def terminal(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials.values() if t["status"] in TERMINAL]
+
+    def remaining(self) -> int:
+        """Trials still to run: the budget minus trials that ended."""
+        return max(0, int(self.data["num_samples"]) - len(self.terminal()))
+
+    def mark_interrupted(self) -> list[str]:
+        """On resume: trials the dead driver left RUNNING become INTERRUPTED (until restarted)."""
+        ids = [tid for tid, t in self.trials.items() if t["status"] in (RUNNING, PENDING)]
+        with self._lock:
+            for tid in ids:
+                self.trials[tid]["status"] = INTERRUPTED
+            self.data["resumes"].append(now())
+            self.data["status"] = RUNNING
+        self.save()
+        return ids

@@ -1,0 +1,230 @@
+"""RIFT mechanism tests (methods.md §6.8)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from _grad_checks import build, grads, max_grad_diff, no_param_grads, vanilla
+
+import robustsweep.methods.rift as rift
+from conftest import TINY_VOCAB, make_batch
+from robustsweep.errors import ResourceError
+from robustsweep.methods._common import embedding_output, eo_forward, kl_per_example
+
+FAST = {"ascc_steps": 3, "n_synonyms": 4}
+
+
+def set_up(knobs: dict | None = None, **kwargs) -> tuple[rift.RIFT, object]:
+    return build("rift", {**FAST, **(knobs or {})}, **kwargs)
+
+
+def test_no_kl_no_mi_equals_vanilla() -> None:
+    method, adapter = set_up({"w_kl": 0.0, "w_mi": 0.0})
+    batch = make_batch()
+    loss_ref, grads_ref = vanilla(adapter, batch)
+    terms = method.training_step(batch)
+    assert terms["loss"] == pytest.approx(loss_ref, abs=1e-7)
+    assert max_grad_diff(grads(adapter), grads_ref) < 1e-7
+    assert method.passes_per_step() == 1.0
+
+
+def test_teacher_is_frozen_bit_identical_and_outside_the_optimizer() -> None:
+    method, adapter = set_up({"w_mi": 1.0}, dropout=0.1)
+    teacher_ids = {id(p) for p in method.teacher.parameters()}
+    params = [*adapter.core.parameters(), *method.extra_parameters()]
+    assert not teacher_ids & {id(p) for p in params}
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    before = rift.fingerprint(method.teacher)
+    student_before = rift.fingerprint(adapter.core)
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for seed in range(3):
+        method.training_step(make_batch(seed=seed))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert rift.fingerprint(method.teacher) == before == method.teacher_sha256
+    assert rift.fingerprint(adapter.core) != student_before
+    assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_mi_term_changes_the_gradient_and_trains_both_projections() -> None:
+    batch = make_batch(batch_size=8)
+    results = []
+    for w_mi in (0.0, 1.0):
+        method, adapter = set_up({"w_mi": w_mi})
+        torch.manual_seed(11)  # same ASCC init in both runs
+        terms = method.training_step(batch)
+        results.append(grads(adapter))
+        heads = [method.student_heads, method.teacher_heads]
+        has_grad = [any(p.grad is not None and p.grad.any() for p in h.parameters()) for h in heads]
+        assert has_grad == [w_mi > 0] * 2
+    assert "infonce" in terms
+    assert max_grad_diff(*results) > 1e-6
+
+
+def test_ascc_weights_are_a_valid_hull_and_increase_the_kl() -> None:
+    method, adapter = set_up({"ascc_steps": 10, "n_synonyms": 4})
+    batch = make_batch(batch_size=4)
+    cands = method.candidates(batch)
+    adapter.model.eval()
+    cand_eo = method.candidate_embeddings(batch, cands)
+    torch.manual_seed(0)
+    w_hat = torch.nn.init.kaiming_normal_(torch.empty(*cands.valid.shape, 1))
+    weights, kl_init = method.ascc(batch, cand_eo, cands.valid, w_hat)
+    assert no_param_grads(adapter)
+    assert not adapter.model.training  # the mode it was called in is restored
+    assert torch.allclose(weights.sum(dim=2), torch.ones(weights.shape[:2] + (1,)), atol=1e-6)
+    assert weights[~cands.valid].max() < 1e-6
+    with torch.no_grad():
+        clean = adapter.logits(batch)
+        start = rift.hull_weights(w_hat, cands.valid)
+        kl_start = kl_per_example(clean, eo_forward(adapter, batch, rift.hull_embedding(
+            start, cand_eo)).logits).sum().item()
+        kl_end = kl_per_example(clean, eo_forward(adapter, batch, rift.hull_embedding(
+            weights, cand_eo)).logits).sum().item()
+    assert kl_init == pytest.approx(kl_start, rel=1e-4)
+    assert kl_end > kl_start
+
+
+def test_original_only_candidates_give_clean_embeddings_and_zero_kl() -> None:
+    method, adapter = set_up({"w_mi": 0.0})
+    method.synonyms = torch.full_like(method.synonyms, -1)
+    batch = make_batch()
+    cands = method.candidates(batch)
+    assert cands.valid[..., 1:].sum() == 0
+    weights, _ = method.ascc(batch, method.candidate_embeddings(batch, cands), cands.valid)
+    hull = rift.hull_embedding(weights, method.candidate_embeddings(batch, cands))
+    assert torch.allclose(hull, embedding_output(adapter, batch), atol=1e-6)
+    assert method.training_step(batch)["kl"] < 1e-10
+
+
+def test_candidates_only_on_real_positions() -> None:
+    method, _ = set_up()
+    batch = make_batch()
+    cands = method.candidates(batch)
+    pad = ~batch["attention_mask"].bool()
+    assert cands.valid[pad][:, 1:].sum() == 0
+    assert torch.equal(cands.ids[..., 0], batch["input_ids"])
+    assert cands.valid[..., 1:][~pad].any()
+
+
+def test_info_nce_limits() -> None:
+    n = 16
+    features = torch.nn.functional.normalize(torch.randn(n, 64), dim=-1)
+    assert rift.info_nce(features, features.clone(), temperature=0.01).item() < 1e-3
+    g = torch.Generator().manual_seed(0)
+    values = [rift.info_nce(torch.randn(n, 256, generator=g), torch.randn(n, 256, generator=g),
+                            1.0).item() for _ in range(20)]
+    assert sum(values) / len(values) == pytest.approx(math.log(n), abs=0.1)
+
+
+def test_class_infonce_skips_classes_with_fewer_than_two_examples() -> None:
+    method, _ = set_up()
+    student, teacher = torch.randn(4, 32), torch.randn(4, 32)
+    alone = method.class_infonce(student, teacher, torch.tensor([0, 0, 0, 1]))
+    heads = method.student_heads[0], method.teacher_heads[0]
+    only0 = rift.info_nce(heads[0](student[:3]), heads[1](teacher[:3]), method.knobs.temperature)
+    assert alone.item() == pytest.approx(only0.item(), rel=1e-6)
+    assert method.class_infonce(student, teacher, torch.tensor([0, 1, 2, 3])).item() == 0.0
+
+
+def test_embedding_neighbours_are_nearest_whole_words() -> None:
+    weight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.95, 0.05]])
+    is_word = torch.tensor([True, True, True, True, False])
+    table = rift.embedding_neighbours(weight, is_word, k=2)
+    assert table[0].tolist() == [1, 3]  # id 4 is closest but not a word; never itself
+    assert table[2].tolist() == [3, 1]
+    assert table[4].tolist() == [-1, -1]
+
+
+class FakeTokenizer:
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.all_special_ids = [0]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+
+def test_word_tokens_wordpiece_and_bpe() -> None:
+    wordpiece = FakeTokenizer(["[PAD]", "good", "##ing", "a", ",", "film", "[unused1]", "42"])
+    assert rift.word_token_mask(wordpiece, 9).tolist() == [
+        False, True, False, False, False, True, False, False, False]
+    bpe = FakeTokenizer(["<pad>", "Ġgood", "ing", "Ġa", "Ġ,", "Ġfilm", "film"])
+    assert rift.word_token_mask(bpe, 7).tolist() == [False, True, False, False, False, True, False]
+
+
+def test_wordnet_table_keeps_single_token_lemmas(monkeypatch) -> None:
+    import sys
+    import types
+
+    class Synset:
+        def __init__(self, names: list[str]) -> None:
+            self.names = names
+
+        def lemma_names(self) -> list[str]:
+            return self.names
+
+    lemmas = {"good": [["good", "Fine", "full_of_life"]], "film": [["film", "movie", "picture"]]}
+    wordnet = types.SimpleNamespace(ensure_loaded=lambda: None,
+                                    synsets=lambda word: [Synset(n) for n in lemmas.get(word, [])])
+    corpus = types.ModuleType("nltk.corpus")
+    corpus.wordnet = wordnet
+    monkeypatch.setitem(sys.modules, "nltk", types.ModuleType("nltk"))
+    monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
+    tokenizer = FakeTokenizer(["[PAD]", "good", "fine", "film", "movie", "##s"])
+    table = rift.wordnet_neighbours(tokenizer, rift.word_token_mask(tokenizer, 6), k=2)
+    assert table.tolist() == [[-1, -1], [2, -1], [-1, -1], [4, -1], [-1, -1], [-1, -1]]
+
+
+def test_default_table_is_built_once_in_setup_and_excludes_specials() -> None:
+    method, _ = set_up()
+    table = method.synonyms
+    assert table.shape == (TINY_VOCAB, 4)
+    assert (table[:5] == -1).all()  # pad/cls/sep/mask/unk of the tiny tokenizer
+    assert ((table >= 5) | (table == -1)).all()
+    assert not (table == torch.arange(TINY_VOCAB)[:, None]).any()
+
+
+def test_wordnet_source_without_data_is_a_one_line_error(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_nltk(name: str, *args, **kwargs):
+        if name.startswith("nltk"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nltk)
+    with pytest.raises(ResourceError, match="wordnet") as err:
+        set_up({"synonym_source": "wordnet"})
+    assert "\n" not in str(err.value)
+
+
+def test_state_dict_round_trip_restores_teacher_heads_and_table() -> None:
+    method, _ = set_up()
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    other, _ = set_up(seed=1)  # a different "pretrained" model and heads
+    assert rift.fingerprint(other.teacher) != method.teacher_sha256
+    other.load_state_dict(state)
+    assert rift.fingerprint(other.teacher) == method.teacher_sha256
+    for a, b in zip(other.extra_parameters(), method.extra_parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(other.synonyms, method.synonyms)
+    state["teacher_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="sha256"):
+        other.load_state_dict(state)
+
+
+def test_passes_per_step_counts_the_ascc_steps() -> None:
+    method, _ = set_up({"ascc_steps": 10})
+    assert method.passes_per_step() == pytest.approx(10 + 3 / 3 + 4 / 3)
