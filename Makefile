@@ -25,8 +25,8 @@ install: $(STAMP)  ## Create .venv and install robustsweep with test extras and 
 resources: install  ## Provision offline resources (NLTK data for TextAttack) into the cache dir
 	$(BIN)/robustsweep prefetch
 
-demo: resources  ## Run the quickstart job on the builtin encoder + MR data (offline)
-	$(BIN)/robustsweep train jobs/quickstart.yaml
+demo: resources  ## Run the quickstart sweep (3 methods, multi-objective, offline attack, report)
+	$(BIN)/robustsweep sweep jobs/quickstart_sweep.yaml --overwrite
 
 test: resources  ## Run the whole test suite (slow end-to-end tests included)
 	$(BIN)/pytest -q

@@ -25,7 +25,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_bert")
     words = Counter(w for text in BUILTIN_SETS["mr"].load()["text"].head(3000)
                     for w in re.findall(r"[a-z]+|[^\sa-z]", text.lower()))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(1500)]
+    label_words = ["negative", "positive", "sentiment", "statement"]  # MVP's default verbalizer
+    common = [w for w, _ in words.most_common(1500) if w not in label_words]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *label_words, *common]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

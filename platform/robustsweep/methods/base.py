@@ -43,6 +43,9 @@ class RobustMethod:
     # RSMI needs input gradients at inference (saliency masking); evaluation must not wrap it
     # in torch.no_grad().
     wants_grad_at_inference: ClassVar[bool] = False
+    # RoAST rescales kept gradients by 1/keep-probability; a global clip would be dominated by
+    # those entries, so such methods opt out of the loop's gradient clipping.
+    supports_grad_clipping: ClassVar[bool] = True
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.knobs = knobs if knobs is not None else self.knobs_class()

@@ -121,6 +121,7 @@ class RoAST(RobustMethod):
     """EO-space adversarial consistency + Fisher-ranked gradient masking; cost ≈3× vanilla."""
 
     name = "roast"
+    supports_grad_clipping = False  # unbiased mask scaling would dominate a global clip norm
     summary = "RoAST: EO-space adversarial symmetric KL + selective (gradient-masked) training"
     paper = "Kim et al. EMNLP Findings 2023 (arXiv 2312.04032)"
     knobs_class = RoASTKnobs

@@ -20,7 +20,7 @@ import torch
 
 from robustsweep.config import JobConfig, TrainConfig
 from robustsweep.data import Task, TextSet
-from robustsweep.evaluate.suite import clean_metrics
+from robustsweep.evaluate.suite import clean_metrics, proxy_metrics
 from robustsweep.methods.base import RobustMethod
 from robustsweep.models import EncoderAdapter
 
@@ -176,7 +176,7 @@ def fit(
             batch = next(batches)
             terms = method.training_step(batch)
             method.before_optimizer_step()
-            if tcfg.max_grad_norm:
+            if tcfg.max_grad_norm and method.supports_grad_clipping:
                 torch.nn.utils.clip_grad_norm_([p for _, p in named], tcfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -210,6 +210,8 @@ def fit(
                 clean_metrics(method, task, cfg.eval, tcfg.eval_batch_size,
                               plot_dir=plot_dir if final else None)
             )
+            if cfg.eval.proxy_attack and plot_dir is not None:  # cheap per-epoch robustness (ASHA)
+                epoch_metrics.update(proxy_metrics(method, task, cfg, plot_dir / f"proxy_epoch_{epoch:03d}"))
         state.epoch = epoch
         state.history.append({"epoch": float(epoch), **epoch_metrics})
         if on_epoch_end is not None:

@@ -71,6 +71,7 @@ def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, o
     uri, run_id = payload.get("tracking_uri"), payload.get("run_id")
     if uri and run_id:
         tracking.log_metrics(uri, run_id, extra, step=state.epoch)
+        tracking.set_tags(uri, run_id, suite.profile_tags(cfg))
         tracking.log_artifacts(uri, run_id, [out / RESULTS_FILE])
         evaluation_files = sorted({p.resolve() for p in [*artifacts_dir.glob("*"), *files] if p.is_file()})
         tracking.log_artifacts(uri, run_id, evaluation_files, artifact_path="evaluation")
