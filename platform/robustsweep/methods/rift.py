@@ -10,7 +10,7 @@ c, projected student features of the adversarial input with projected features o
 copy of the *initial* encoder (the teacher) on the clean input. The KL lets gradient reach both
 branches; there is no adversarial CE (official command).
 
-Deviations (documented in docs/methods/rift.md): the classifier is the model's own head, not
+Deviations (documented in docs/methods.md): the classifier is the model's own head, not
 RIFT's 768→256→C MLP; features are the last-layer [CLS] state (architecture-agnostic) instead of
 BERT's pooler; the MI term reuses the adversarial forward instead of a second one; the default
 synonym table is nearest neighbours in the model's own word-embedding space (not the
