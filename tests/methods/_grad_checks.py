@@ -51,3 +51,14 @@ def max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 
 def no_param_grads(adapter: EncoderAdapter) -> bool:
     return all(p.grad is None or not p.grad.any() for p in adapter.core.parameters())
+
+
+def assert_reduces_to_vanilla(method: RobustMethod, adapter: EncoderAdapter, batch: dict) -> None:
+    """With its extra terms switched off, a method's step equals a plain CE step (loss, grads, cost)."""
+    import pytest
+
+    loss_ref, grads_ref = vanilla(adapter, batch)
+    terms = method.training_step(batch)
+    assert terms["loss"] == pytest.approx(loss_ref, abs=1e-7)
+    assert max_grad_diff(grads(adapter), grads_ref) < 1e-7
+    assert method.passes_per_step() == 1.0
