@@ -16,6 +16,7 @@ from robustsweep.errors import RobustSweepError
 T = TypeVar("T")
 PARAM_LIMIT = 6000
 BATCH_LIMIT = 100
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RobustSweepError):
@@ -59,7 +60,8 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
         if artifact_root is not None and is_local_sqlite(uri):
             location = artifact_root.resolve().as_uri()
         try:
-            return mlf.create_experiment(name, artifact_location=location)
+            # MLflow 3 opens GenAI pages for untagged experiments; ours are training runs.
+            return mlf.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # noqa: BLE001 - a concurrent creator won the race
             found = mlf.get_experiment_by_name(name)
             if found is None:
