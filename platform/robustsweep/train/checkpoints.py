@@ -19,7 +19,8 @@ META_FILE = "meta.json"
 def write_checkpoint(directory: Path, state: dict[str, Any], epoch: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
-    (directory / META_FILE).write_text(json.dumps({"epoch": epoch}))
+    size = (directory / STATE_FILE).stat().st_size
+    (directory / META_FILE).write_text(json.dumps({"epoch": epoch, "state_bytes": size}))
     return directory
 
 
@@ -29,8 +30,16 @@ def read_checkpoint(directory: Path | str) -> dict[str, Any]:
 
 
 def checkpoint_epoch(directory: Path) -> int:
+    """The epoch a checkpoint holds, or -1 when it is unreadable or incomplete.
+
+    A worker killed while Ray copies a checkpoint into storage can leave ``meta.json`` next to
+    a truncated ``state.pt``; the recorded size tells the two apart.
+    """
     try:
-        return int(json.loads((directory / META_FILE).read_text())["epoch"])
+        meta = json.loads((directory / META_FILE).read_text())
+        if (directory / STATE_FILE).stat().st_size != int(meta["state_bytes"]):
+            return -1
+        return int(meta["epoch"])
     except (OSError, ValueError, KeyError):
         return -1
 
@@ -38,7 +47,7 @@ def checkpoint_epoch(directory: Path) -> int:
 def latest_checkpoint(trial_dir: Path) -> Path | None:
     """The complete checkpoint with the highest epoch under ``trial_dir/ray`` (None if none)."""
     candidates = [p.parent for p in (trial_dir / "ray").glob(f"*/*/{META_FILE}")
-                  if (p.parent / STATE_FILE).is_file()]
+                  if checkpoint_epoch(p.parent) >= 0]
     if not candidates:
         return None
     return max(candidates, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))

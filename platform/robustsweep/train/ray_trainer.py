@@ -121,7 +121,9 @@ def train_worker(payload: dict[str, Any]) -> None:
                 if uri and run_id:
                     tracking.log_metrics(uri, run_id, metrics, step=epoch)
             ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
-        if epoch == payload.get("fail_after_epoch"):
+        # rank 0 only: its synchronous report returns once the checkpoint is persisted, so the
+        # injected failure never cuts a checkpoint copy short (real crashes may; see checkpoints.py)
+        if rank == 0 and epoch == payload.get("fail_after_epoch"):
             raise RuntimeError(f"injected failure after epoch {epoch} (ROBUSTSWEEP_FAIL_AFTER_EPOCH)")
 
     def progress(total: int, desc: str) -> Any:
