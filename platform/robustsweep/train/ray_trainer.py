@@ -73,6 +73,18 @@ def cpus_per_worker(cfg: JobConfig) -> float:
     return max(1.0, math.floor(total / cfg.scaling.num_workers))
 
 
+def _quiet_report_log() -> None:
+    """Ray Train V2 logs every report (metrics dict included) at INFO under a logger named after
+    its file path, which LoggingConfig does not reach; it buries the progress bars."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray version without this module: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(payload: dict[str, Any]) -> None:
     """Runs on every Train worker: build task/model/method, resume, fit, final eval (rank 0)."""
     import ray.train
@@ -86,6 +98,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     from robustsweep.train.loop import fit, seed_everything
     from robustsweep.train.results import finish_trial
 
+    _quiet_report_log()
     cfg = JobConfig.model_validate(payload["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
