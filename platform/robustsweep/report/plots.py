@@ -43,6 +43,12 @@ def _colors(methods: list[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+def _scatter(ax: Any, trials: list[TrialRecord], x: str, y: str, **style: Any) -> None:
+    """One point per trial in (x, y); nothing (and no legend entry) for an empty group."""
+    if trials:
+        ax.scatter([t.metrics[x] for t in trials], [t.metrics[y] for t in trials], **style)
+
+
 def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialRecord]] | None:
     """Every trial in (x, y); the front of finished trials outlined and joined; pruned marked.
 
@@ -63,33 +69,16 @@ def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialReco
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
     for i, method in enumerate(methods):
         done = [t for t in finished if t.method == method]
-        if done:
-            ax.scatter(
-                [t.metrics[x] for t in done],
-                [t.metrics[y] for t in done],
-                s=46,
-                color=colors[method],
-                marker=_MARKERS[i % len(_MARKERS)],
-                label=method,
-                alpha=0.9,
-                zorder=3,
-            )
         pruned = [
             t
             for t in records.trials
             if t.method == method and not t.finished and x in t.metrics and y in t.metrics
         ]
-        if pruned:
-            ax.scatter(
-                [t.metrics[x] for t in pruned],
-                [t.metrics[y] for t in pruned],
-                s=40,
-                color=colors[method],
-                marker="x",
-                alpha=0.6,
-                zorder=2,
-                label=f"{method} (pruned/unfinished)",
-            )
+        marker = _MARKERS[i % len(_MARKERS)]
+        _scatter(ax, done, x, y, s=46, color=colors[method], marker=marker, label=method,
+                 alpha=0.9, zorder=3)
+        _scatter(ax, pruned, x, y, s=40, color=colors[method], marker="x", alpha=0.6, zorder=2,
+                 label=f"{method} (pruned/unfinished)")
     if front:
         line = sorted((t.metrics[x], t.metrics[y]) for t in front)
         ax.plot(
