@@ -14,6 +14,7 @@ the speed-ups and the throughput against the number of attack workers.
 
   .venv/bin/python benchmarks/attack_speed.py --run runs/attack_victim --recipe pwws -n 10
   .venv/bin/python benchmarks/attack_speed.py --train-rows 2000     # trains a quick victim first
+  .venv/bin/python benchmarks/attack_speed.py --breakdown --stock-examples 0 --workers 1
 """
 
 from __future__ import annotations
@@ -118,6 +119,24 @@ def ours_run(victim: LoadedTrial, recipe: str, n: int, seed: int,
         shutil.rmtree(out, ignore_errors=True)
 
 
+def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: int) -> str:
+    """Where one in-process worker spends its time: the encoder (tokenize + predict_logits)
+    vs TextAttack's search, transformations and constraints."""
+    from robustsweep.evaluate.attacks import AttackRunner
+
+    profile = load_profile(recipe).model_copy(update={"seed": seed})
+    runner = AttackRunner(victim.method, profile)
+    started = time.perf_counter()
+    for ex in examples:
+        runner.run(ex)
+    total = time.perf_counter() - started
+    st = runner.wrapper.stats
+    return (f"breakdown (ours x1): {total:.1f} s, {st.model_seconds:.1f} s "
+            f"({100 * st.model_seconds / total:.0f} %) in the encoder; {st.scored} texts scored "
+            f"in {st.forwards} forwards, mean padded length "
+            f"{st.padded_tokens / max(st.scored, 1):.1f} tokens, {st.cache_hits} cache hits")
+
+
 def compare(name: str, ref: list[ExampleResult], other: list[ExampleResult]) -> str:
     """Per-example agreement on the examples both runs attacked."""
     other_by = {r.example_id: r for r in other}
@@ -144,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the in-process runs (default: all cores); Ray "
                         "workers always get cores / workers threads each")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="Also time one in-process run split into encoder vs search time")
     args = parser.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0))
@@ -201,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = {o: sum(r.outcome == o for r in runs[best]) for o in
                     ("successful", "failed", "skipped", "timeout")}
         print(f"outcomes: {outcomes}")
+        if args.breakdown:
+            print(breakdown(victim, recipe, examples, args.seed))
     return 0
 
 

@@ -48,8 +48,11 @@ def test_identical_texts_are_scored_once(method: RobustMethod) -> None:
     wrapper = MethodModelWrapper(method)
     wrapper(TEXTS + TEXTS[:2])
     assert wrapper.stats.scored == len(TEXTS) and wrapper.stats.forwards == 1
+    model_seconds = wrapper.stats.model_seconds
+    assert model_seconds > 0
     out = wrapper(list(reversed(TEXTS)))
     assert wrapper.stats.scored == len(TEXTS) and wrapper.stats.forwards == 1
+    assert wrapper.stats.model_seconds == model_seconds  # all cached: no encoder time
     assert wrapper.stats.cache_hits == 2 + len(TEXTS)
     np.testing.assert_allclose(out, wrapper(TEXTS)[::-1])
 

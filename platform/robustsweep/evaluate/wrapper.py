@@ -40,6 +40,7 @@ class WrapperStats:
     scored: int = 0  # texts that went through the model
     forwards: int = 0  # model forward passes
     padded_tokens: int = 0  # batch rows × padded length summed over forwards
+    model_seconds: float = 0.0  # wall time in tokenizing + predict_logits (the rest is search)
 
 
 class MethodModelWrapper:
@@ -69,7 +70,10 @@ class MethodModelWrapper:
         for key in found:  # refresh recency
             self._cache.move_to_end(key)
         if missing:
-            for key, row in zip(missing, self._score(missing)):
+            started = time.perf_counter()
+            scored = self._score(missing)
+            self.stats.model_seconds += time.perf_counter() - started
+            for key, row in zip(missing, scored):
                 found[key] = row
                 self._remember(key, row)
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
