@@ -137,6 +137,26 @@ def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
             f"{st.padded_tokens / max(st.scored, 1):.1f} tokens, {st.cache_hits} cache hits")
 
 
+def batch_curve(victim: LoadedTrial, length: int = 37, sizes: tuple[int, ...] = (1, 5, 10, 32, 64)
+                ) -> str:
+    """Encoder ms per text against batch size (what batching across examples could still win)."""
+    method = victim.method
+    adapter = method.adapter
+    adapter.core.eval()
+    length = min(length, adapter.max_length)
+    parts = []
+    for size in sizes:
+        batch = adapter.encode([" ".join(["film"] * (length - 2))] * size)  # CLS ... SEP
+        with torch.inference_mode():
+            method.predict_logits(batch)
+            repeats = max(3, 128 // size)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                method.predict_logits(batch)
+        parts.append(f"{size}: {(time.perf_counter() - started) / repeats / size * 1000:.2f}")
+    return f"encoder ms/text by batch size ({length} tokens): " + ", ".join(parts)
+
+
 def compare(name: str, ref: list[ExampleResult], other: list[ExampleResult]) -> str:
     """Per-example agreement on the examples both runs attacked."""
     other_by = {r.example_id: r for r in other}
@@ -224,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outcomes: {outcomes}")
         if args.breakdown:
             print(breakdown(victim, recipe, examples, args.seed))
+    if args.breakdown:
+        print(batch_curve(victim))
     return 0
 
 
