@@ -134,7 +134,8 @@ def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
     return (f"breakdown (ours x1): {total:.1f} s, {st.model_seconds:.1f} s "
             f"({100 * st.model_seconds / total:.0f} %) in the encoder; {st.scored} texts scored "
             f"in {st.forwards} forwards, mean padded length "
-            f"{st.padded_tokens / max(st.scored, 1):.1f} tokens, {st.cache_hits} cache hits")
+            f"{st.padded_tokens / max(st.scored, 1):.1f} tokens "
+            f"({st.padded_tokens / max(st.tokens, 1):.2f}x the real ones), {st.cache_hits} cache hits")
 
 
 def batch_curve(victim: LoadedTrial, length: int = 37, sizes: tuple[int, ...] = (1, 5, 10, 32, 64)

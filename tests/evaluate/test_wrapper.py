@@ -74,6 +74,7 @@ def test_length_sorted_chunks_pad_less(method: RobustMethod) -> None:
     wrapper(mixed)
     # sorted: one chunk of 8 long (CLS + 21 words + SEP) + one of 8 short (3), not 2 × 8 × 23
     assert wrapper.stats.padded_tokens == 8 * 23 + 8 * 3
+    assert wrapper.stats.tokens == wrapper.stats.padded_tokens  # no padding left at all
 
 
 def test_cache_is_bounded(method: RobustMethod) -> None:

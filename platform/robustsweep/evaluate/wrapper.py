@@ -40,6 +40,7 @@ class WrapperStats:
     scored: int = 0  # texts that went through the model
     forwards: int = 0  # model forward passes
     padded_tokens: int = 0  # batch rows × padded length summed over forwards
+    tokens: int = 0  # real (unpadded) tokens of the scored texts
     model_seconds: float = 0.0  # wall time in tokenizing + predict_logits (the rest is search)
 
 
@@ -123,6 +124,7 @@ class MethodModelWrapper:
             lengths = self._token_lengths(texts, pairs)
         except TypeError:  # a tokenizer without padding=False support: fall back to characters
             lengths = [len(t) for t in texts]
+        self.stats.tokens += sum(lengths)
         rows: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
         with inference_mode(self.method):
             for chunk in self._chunks(lengths):
