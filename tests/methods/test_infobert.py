@@ -126,4 +126,6 @@ def test_critic_in_state_dict_round_trip() -> None:
     other.load_state_dict(torch.load(buffer, weights_only=True))
     for a, b in zip(other.extra_parameters(), method.extra_parameters()):
         assert torch.equal(a, b)
-    assert method.passes_per_step() == 3.0
+    assert method.passes_per_step() == pytest.approx(5.0)  # K = 3 passes, each with 2 backwards
+    no_anchor, _ = build("infobert", {"alpha_anchor": 0.0})
+    assert no_anchor.passes_per_step() == 3.0

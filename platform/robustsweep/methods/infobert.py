@@ -188,6 +188,9 @@ class InfoBERT(RobustMethod):
             self.critic.load_state_dict(state["critic"])
 
     def passes_per_step(self) -> float:
-        """K accumulating F+B passes; the critic and IB term are negligible next to the encoder."""
-        return float(self.knobs.adv_steps)
+        """K accumulating F+B passes, plus, when α > 0, a second backward through the whole
+        encoder per pass (the anchored bound reads the last layer's [CLS]); a backward costs
+        about 2/3 of an F+B pass. The critic and the IB term are small next to the encoder."""
+        extra_backward = 2.0 / 3.0 if self.knobs.alpha_anchor > 0 else 0.0
+        return float(self.knobs.adv_steps) * (1.0 + extra_backward)
 
