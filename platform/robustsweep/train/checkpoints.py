@@ -46,8 +46,9 @@ def checkpoint_epoch(directory: Path) -> int:
 
 def latest_checkpoint(trial_dir: Path) -> Path | None:
     """The complete checkpoint with the highest epoch under ``trial_dir/ray`` (None if none)."""
-    candidates = [p.parent for p in (trial_dir / "ray").glob(f"*/*/{META_FILE}")
-                  if checkpoint_epoch(p.parent) >= 0]
-    if not candidates:
+    metas = (trial_dir / "ray").glob(f"*/*/{META_FILE}")
+    epochs = {meta.parent: checkpoint_epoch(meta.parent) for meta in metas}
+    complete = {directory: epoch for directory, epoch in epochs.items() if epoch >= 0}
+    if not complete:
         return None
-    return max(candidates, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
+    return max(complete, key=lambda d: (complete[d], d.stat().st_mtime))
