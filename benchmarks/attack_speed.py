@@ -141,14 +141,16 @@ def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
 def batch_curve(victim: LoadedTrial, length: int = 37, sizes: tuple[int, ...] = (1, 5, 10, 32, 64)
                 ) -> str:
     """Encoder ms per text against batch size (what batching across examples could still win)."""
+    from robustsweep.evaluate.suite import inference_mode
+
     method = victim.method
     adapter = method.adapter
-    adapter.core.eval()
     length = min(length, adapter.max_length)
     parts = []
     for size in sizes:
-        batch = adapter.encode([" ".join(["film"] * (length - 2))] * size)  # CLS ... SEP
-        with torch.inference_mode():
+        text = " ".join(["film"] * (length - 2))  # + CLS and SEP
+        batch = adapter.to_device(adapter.encode([text] * size))
+        with inference_mode(method):  # as the wrapper scores: eval mode, grads only for RSMI
             method.predict_logits(batch)
             repeats = max(3, 128 // size)
             started = time.perf_counter()
