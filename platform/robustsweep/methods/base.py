@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 Batch = dict[str, torch.Tensor]
 
+# Shares of one vanilla step (1 forward + 1 backward = 1.0) for ``passes_per_step``: a backward
+# costs about twice a forward, so a lone forward is 1/3 and a lone backward 2/3 of a step.
+FORWARD_COST = 1.0 / 3.0
+BACKWARD_COST = 2.0 / 3.0
+
 
 class Knobs(BaseModel):
     """Base of each method's knobs: paper names, paper defaults, validated ranges.

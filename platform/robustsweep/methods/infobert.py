@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from robustsweep.methods._common import allreduce_grads
-from robustsweep.methods.base import Batch, RobustMethod
+from robustsweep.methods.base import BACKWARD_COST, Batch, RobustMethod
 from robustsweep.methods.freelb import FreeLBKnobs
 from robustsweep.methods.perturb import ascent_step, dropout_mode, init_delta
 from robustsweep.methods.registry import register
@@ -189,8 +189,8 @@ class InfoBERT(RobustMethod):
 
     def passes_per_step(self) -> float:
         """K accumulating F+B passes, plus, when α > 0, a second backward through the whole
-        encoder per pass (the anchored bound reads the last layer's [CLS]); a backward costs
-        about 2/3 of an F+B pass. The critic and the IB term are small next to the encoder."""
-        extra_backward = 2.0 / 3.0 if self.knobs.alpha_anchor > 0 else 0.0
+        encoder per pass (the anchored bound reads the last layer's [CLS]). The critic and the
+        IB term are small next to the encoder."""
+        extra_backward = BACKWARD_COST if self.knobs.alpha_anchor > 0 else 0.0
         return float(self.knobs.adv_steps) * (1.0 + extra_backward)
 

@@ -37,7 +37,7 @@ from robustsweep.methods._common import (
     eo_forward,
     kl_per_example,
 )
-from robustsweep.methods.base import Batch, Knobs, RobustMethod
+from robustsweep.methods.base import BACKWARD_COST, FORWARD_COST, Batch, Knobs, RobustMethod
 from robustsweep.methods.registry import register
 
 if TYPE_CHECKING:
@@ -380,4 +380,4 @@ class RIFT(RobustMethod):
         if not self.adversarial:
             return 1.0
         forwards = 2 + (1 if self.knobs.w_mi > 0 else 0)
-        return self.knobs.ascc_steps + forwards / 3.0 + 4.0 / 3.0
+        return self.knobs.ascc_steps + forwards * FORWARD_COST + 2 * BACKWARD_COST

@@ -27,7 +27,7 @@ from robustsweep.methods._common import (
     kl_per_example,
     sym_kl,
 )
-from robustsweep.methods.base import Batch, Knobs, RobustMethod
+from robustsweep.methods.base import FORWARD_COST, Batch, Knobs, RobustMethod
 from robustsweep.methods.registry import register
 
 if TYPE_CHECKING:
@@ -140,5 +140,5 @@ class SMART(RobustMethod):
         if self.knobs.lambda_s > 0:
             cost = self.knobs.adv_steps + 2.0
         if self.knobs.prox_weight > 0:
-            cost += 1.0 / 3.0  # teacher forward (F = 1/3 of a vanilla step)
+            cost += FORWARD_COST  # teacher forward
         return cost
