@@ -223,3 +223,45 @@ def test_state_dict_round_trip_restores_teacher_heads_and_table() -> None:
 def test_passes_per_step_counts_the_ascc_steps() -> None:
     method, _ = set_up({"ascc_steps": 10})
     assert method.passes_per_step() == pytest.approx(10 + 3 / 3 + 4 / 3)
+
+
+def test_polarity_flips_are_dropped_and_rows_stay_nearest_first() -> None:
+    tokenizer = FakeTokenizer(["[PAD]", "good", "bad", "great", "film", "boring", "exciting"])
+    polarity = rift.token_polarity(tokenizer, 7)
+    assert polarity.tolist() == [0, 1, -1, 1, 0, -1, 1]  # "boring" via its lemma "bore"
+    table = torch.tensor([[-1, -1, -1], [2, 3, 4], [1, 3, -1], [1, 2, 4], [1, 2, 3],
+                          [6, 4, 1], [5, 3, 4]])
+    out = rift.drop_polarity_flips(table, polarity, k=2)
+    assert out[1].tolist() == [3, 4]  # good: "bad" dropped, "great" and "film" kept in order
+    assert out[2].tolist() == [-1, -1]  # bad: both neighbours positive
+    assert out[4].tolist() == [1, 2]  # a neutral word keeps everything
+    assert out[5].tolist() == [4, -1]  # boring: "exciting" and "good" dropped
+    assert out[0].tolist() == [-1, -1]
+
+
+def test_word_polarity_finds_inflections_through_their_lemma() -> None:
+    from robustsweep.lexicon import reverses_polarity, word_polarity
+
+    lexicon = {"bore": -1, "fail": -1, "excite": 1, "stop": -1, "success": 1}
+    assert [word_polarity(w, lexicon) for w in ("boring", "fails", "Exciting", "stopped")] == [
+        -1, -1, 1, -1]
+    assert word_polarity("film", lexicon) == 0
+    assert word_polarity("boring", lexicon, inflected=False) == 0
+    assert reverses_polarity("good", "bad") and not reverses_polarity("good", "great")
+
+
+def test_builtin_encoder_synonyms_lose_their_antonyms() -> None:
+    """The MiniLM's raw neighbours of "good" include "bad"; the default table does not."""
+    from robustsweep.config import ModelConfig
+    from robustsweep.models import load_model
+
+    adapter = load_model(ModelConfig(source="builtin:minilm"), num_labels=2)
+    good, bad, love, hate = adapter.tokenizer.convert_tokens_to_ids(["good", "bad", "love", "hate"])
+    raw = rift.embedding_table(adapter, 9)
+    assert bad in raw[good].tolist() and hate in raw[love].tolist()
+    method = rift.RIFT(rift.RIFTKnobs())
+    table = method.synonym_table(adapter)
+    assert table.shape[1] == 9 and (table[good] >= 0).all()
+    assert bad not in table[good].tolist() and hate not in table[love].tolist()
+    unfiltered = rift.RIFT(rift.RIFTKnobs(polarity_filter=False)).synonym_table(adapter)
+    assert torch.equal(unfiltered, raw)

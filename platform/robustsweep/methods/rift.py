@@ -31,6 +31,7 @@ from pydantic import Field
 from torch import nn
 
 from robustsweep.errors import ResourceError
+from robustsweep.lexicon import polarity_lexicon, word_polarity
 from robustsweep.methods._common import (
     allreduce_grads,
     embedding_output,
@@ -72,9 +73,32 @@ class RIFTKnobs(Knobs):
         "embedding",
         description="Synonym table: embedding = nearest whole-word neighbours in the model's word "
                     "embeddings (offline deviation) | wordnet (NLTK data); paper: counter-fitted")
+    polarity_filter: bool = Field(
+        True, description="Drop synonyms of opposite General-Inquirer polarity (good→bad): "
+                          "counter-fitted sets exclude antonyms, raw neighbours do not (True)")
 
 
 # ---- synonym tables -----------------------------------------------------------------------------
+def token_words(tokenizer: Any, vocab_size: int) -> list[str] | None:
+    """The whole alphabetic word each vocab id spells ("" for pieces, punctuation, specials).
+
+    None for a bare test tokenizer without ``convert_ids_to_tokens`` (every id is a word).
+    """
+    if not hasattr(tokenizer, "convert_ids_to_tokens"):
+        return None
+    n = min(vocab_size, len(tokenizer))
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+    markers = [m for m in WORD_MARKERS if sum(t.startswith(m) for t in tokens) > n // 10]
+    words = []
+    for tok in tokens:
+        if markers:  # BPE/SentencePiece: a word starts with the marker
+            word = tok[1:] if tok.startswith(markers[0]) else ""
+        else:  # WordPiece: continuation pieces start with ##
+            word = "" if tok.startswith("##") else tok
+        words.append(word if len(word) >= 2 and word.isalpha() else "")
+    return words + [""] * (vocab_size - n)
+
+
 def word_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     """Which vocab ids are whole alphabetic words (no specials, sub-word pieces or punctuation)."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -82,23 +106,43 @@ def word_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
                  "bos_token_id", "eos_token_id"):
         if getattr(tokenizer, attr, None) is not None:
             special.add(int(getattr(tokenizer, attr)))
-    is_word = torch.zeros(vocab_size, dtype=torch.bool)
-    if not hasattr(tokenizer, "convert_ids_to_tokens"):  # a bare test tokenizer: every id is a word
-        is_word[:] = True
+    words = token_words(tokenizer, vocab_size)
+    if words is None:
+        is_word = torch.ones(vocab_size, dtype=torch.bool)
     else:
-        n = min(vocab_size, len(tokenizer))
-        tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
-        markers = [m for m in WORD_MARKERS if sum(t.startswith(m) for t in tokens) > n // 10]
-        for i, tok in enumerate(tokens):
-            if markers:  # BPE/SentencePiece: a word starts with the marker
-                word = tok[1:] if tok.startswith(markers[0]) else ""
-            else:  # WordPiece: continuation pieces start with ##
-                word = "" if tok.startswith("##") else tok
-            is_word[i] = len(word) >= 2 and word.isalpha()
+        is_word = torch.tensor([bool(w) for w in words], dtype=torch.bool)
     for i in special:
         if 0 <= i < vocab_size:
             is_word[i] = False
     return is_word
+
+
+def token_polarity(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """+1 / −1 / 0 per vocab id: the General Inquirer polarity of the word it spells (or of
+    its stem, so "boring" opposes "exciting")."""
+    words = token_words(tokenizer, vocab_size)
+    if words is None:
+        return torch.zeros(vocab_size, dtype=torch.long)
+    lexicon = polarity_lexicon()
+    return torch.tensor([word_polarity(w, lexicon) if w else 0 for w in words], dtype=torch.long)
+
+
+def drop_polarity_flips(table: torch.Tensor, polarity: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` synonyms per row whose polarity does not oppose the row word's (−1: none).
+
+    Counter-fitted synonym sets (the paper's) keep antonyms apart; raw embedding neighbours do
+    not ("good" ~ "bad"), and a KL to an antonym swap teaches the model to ignore sentiment.
+    """
+    valid = table >= 0
+    flips = valid & (polarity.unsqueeze(1) * polarity[table.clamp(min=0)] < 0)
+    keep = valid & ~flips
+    # stable left-compaction: kept entries first, in their original (nearest-first) order
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    compact = torch.where(keep, table, torch.full_like(table, -1)).gather(1, order)
+    out = torch.full((table.shape[0], k), -1, dtype=table.dtype)
+    width = min(k, compact.shape[1])
+    out[:, :width] = compact[:, :width]
+    return out
 
 
 def embedding_neighbours(weight: torch.Tensor, is_word: torch.Tensor, k: int,
@@ -147,7 +191,7 @@ def wordnet_neighbours(tokenizer: Any, is_word: torch.Tensor, k: int) -> torch.T
 
 
 def embedding_table(adapter: EncoderAdapter, k: int) -> torch.Tensor:
-    """Default source: nearest whole-word neighbours in the model's own word embeddings."""
+    """Nearest whole-word neighbours in the model's own word embeddings."""
     weight = adapter.core.get_input_embeddings().weight
     return embedding_neighbours(weight, word_token_mask(adapter.tokenizer, weight.shape[0]), k)
 
@@ -243,8 +287,23 @@ class RIFT(RobustMethod):
         self.student_heads = nn.ModuleList(projection(dim) for _ in range(classes)).to(device)
         self.teacher_heads = nn.ModuleList(projection(dim) for _ in range(classes)).to(device)
         if self.adversarial:
-            self.synonyms = SYNONYM_SOURCES[self.knobs.synonym_source](
-                adapter, self.knobs.n_synonyms).to(device)
+            self.synonyms = self.synonym_table(adapter).to(device)
+
+    def synonym_table(self, adapter: EncoderAdapter) -> torch.Tensor:
+        """V×n_synonyms ids from the configured source, polarity flips dropped when asked.
+
+        With the filter, twice as many candidates are drawn so that filtered rows stay full.
+        """
+        k = self.knobs
+        source = SYNONYM_SOURCES[k.synonym_source]
+        if not k.polarity_filter:
+            return source(adapter, k.n_synonyms)
+        vocab = adapter.core.get_input_embeddings().weight.shape[0]
+        try:
+            polarity = token_polarity(adapter.tokenizer, vocab)
+        except ResourceError as exc:
+            raise ResourceError(f"rift polarity_filter: {exc}; or set polarity_filter: false") from None
+        return drop_polarity_flips(source(adapter, 2 * k.n_synonyms), polarity, k.n_synonyms)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return [*self.student_heads.parameters(), *self.teacher_heads.parameters()]
