@@ -34,6 +34,10 @@ test: resources  ## Run the whole test suite (slow end-to-end tests included)
 test-fast: resources  ## Run the tests not marked slow
 	$(BIN)/pytest -q -m "not slow"
 
+lint: install  ## ruff over the package, tests and benchmarks (installs ruff into the venv)
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check platform tests benchmarks
+
 bench: resources  ## Print the overhead and method-cost benchmarks
 	$(BIN)/python benchmarks/overhead.py
 

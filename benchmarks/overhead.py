@@ -101,8 +101,8 @@ def main() -> None:
     print(f"\nbuiltin MiniLM, MR, batch {args.batch_size}, max_length {args.max_length}, "
           f"{args.steps} steps, {args.threads} threads, {args.repeats} alternating repeats")
     print(f"{'path':<34}{'s/step (median)':>16}{'runs (s/epoch)':>40}")
-    print(f"{'bare PyTorch loop':<34}{per_bare:>16.4f}{str([round(b, 2) for b in bare]):>40}")
-    print(f"{'platform (Ray Train + hooks + log)':<34}{per_plat:>16.4f}{str([round(p, 2) for p in plat]):>40}")
+    print(f"{'bare PyTorch loop':<34}{per_bare:>16.4f}{[round(b, 2) for b in bare]!s:>40}")
+    print(f"{'platform (Ray Train + hooks + log)':<34}{per_plat:>16.4f}{[round(p, 2) for p in plat]!s:>40}")
     print(f"ratio platform / bare: {per_plat / per_bare:.3f}  (goal <= 1.05)")
     print(f"whole-trial wall time incl. Ray start-up, model load, eval, checkpoint: "
           f"{[round(w, 1) for w in walls]} s")

@@ -132,7 +132,7 @@ def _read_file(path_text: str) -> pd.DataFrame:
     try:
         if suffix.startswith(".csv"):
             return pd.read_csv(path)
-        if suffix.startswith(".jsonl") or suffix.startswith(".json"):
+        if suffix.startswith((".jsonl", ".json")):
             return pd.read_json(path, lines=suffix.startswith(".jsonl"))
         if suffix == ".parquet":
             return pd.read_parquet(path)
@@ -262,7 +262,7 @@ def holdout_split(textset: TextSet, fraction: float, seed: int) -> tuple[TextSet
     """Seeded train / held-out split of one set."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(textset))
-    cut = max(1, int(round(len(textset) * fraction)))
+    cut = max(1, round(len(textset) * fraction))
     return textset.subset(order[cut:]), textset.subset(order[:cut])
 
 

@@ -38,8 +38,8 @@ def recording(fn, sink: list):
 
 def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-5, msg=name)
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], atol=atol, rtol=1e-5, msg=name)
 
 
 class LinearAdapter(EncoderAdapter):

@@ -9,10 +9,9 @@ import pytest
 import torch
 from _grad_checks import build, grads, max_grad_diff, vanilla
 
-import robustsweep.methods.infobert as infobert
 from conftest import make_batch
 from robustsweep.errors import MethodError
-from robustsweep.methods import registry
+from robustsweep.methods import infobert, registry
 
 PLAIN = {"alpha_anchor": 0.0, "beta_ib": 0.0}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import LinearAdapter, assert_grads_close, grads, recording, vanilla_grads
 
 from conftest import make_batch, make_tiny_adapter
-from helpers import LinearAdapter, assert_grads_close, grads, recording, vanilla_grads
 from robustsweep.methods import build, perturb
 from robustsweep.methods import pgd as pgd_module
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ def noise_term(eps: float) -> float:
 def test_noise_term_is_positive_and_grows_with_eps() -> None:
     values = [noise_term(eps) for eps in (1e-3, 1e-2, 1e-1, 1.0)]
     assert values[0] > 0
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in itertools.pairwise(values))
 
 
 def test_noise_term_changes_gradient_and_loss_adds_lambda_times_symkl() -> None:

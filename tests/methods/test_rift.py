@@ -9,9 +9,9 @@ import pytest
 import torch
 from _grad_checks import assert_reduces_to_vanilla, build, grads, max_grad_diff, no_param_grads
 
-import robustsweep.methods.rift as rift
 from conftest import TINY_VOCAB, make_batch
 from robustsweep.errors import ResourceError
+from robustsweep.methods import rift
 from robustsweep.methods._common import embedding_output, eo_forward, kl_per_example
 
 FAST = {"ascc_steps": 3, "n_synonyms": 4}

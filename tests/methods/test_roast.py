@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from _grad_checks import build, grads
 
-import robustsweep.methods.roast as roast
 from conftest import make_batch, make_tiny_adapter, make_tiny_task
+from robustsweep.methods import roast
 from robustsweep.methods._common import eo_forward, sym_kl
 
 SENTIMENT, ENTAILMENT = (0.9, 10.0), (0.6, 1.0)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
-from _grad_checks import assert_reduces_to_vanilla, build, grads, max_grad_diff, no_param_grads, vanilla
+from _grad_checks import (
+    assert_reduces_to_vanilla,
+    build,
+    grads,
+    max_grad_diff,
+    no_param_grads,
+    vanilla,
+)
 
 import robustsweep.methods.smart as smart_module
 from conftest import make_batch
@@ -29,7 +38,7 @@ def regulariser(step_size: float) -> float:
 def test_regulariser_nonnegative_and_grows_with_step_size() -> None:
     values = [regulariser(eta) for eta in (0.0, 1e-3, 1e-2, 1e-1, 0.5)]
     assert all(v >= 0 for v in values)
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in itertools.pairwise(values))
     assert values[-1] > 1e-6  # a real adversary, not noise
 
 

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-from robustsweep.train.checkpoints import STATE_FILE, latest_checkpoint, read_checkpoint, write_checkpoint
+from robustsweep.train.checkpoints import (
+    STATE_FILE,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 def test_latest_complete_checkpoint_skips_truncated_copies(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from robustsweep.config import (
-    JobConfig, apply_overrides, flatten, load_job, parse_override, validate_job,
+    JobConfig,
+    apply_overrides,
+    flatten,
+    load_job,
+    parse_override,
+    validate_job,
 )
 from robustsweep.errors import ConfigError
 

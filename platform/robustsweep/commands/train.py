@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Restart failed workers from the last checkpoint up to N times")
 
 
-def print_summary(result: "TrialResult") -> None:  # noqa: F821 - imported lazily below
+def print_summary(result: TrialResult) -> None:  # noqa: F821 - imported lazily below
     from rich.console import Console
     from rich.table import Table
 

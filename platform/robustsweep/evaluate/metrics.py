@@ -50,7 +50,7 @@ def auroc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:
     ranks = np.empty(len(all_scores), dtype=np.float64)
     sorted_scores = all_scores[order]
     # average ranks for ties
-    unique, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
     avg = first + (counts + 1) / 2.0
     ranks[order] = np.repeat(avg, counts)
     rank_sum = ranks[: len(pos)].sum()

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from robustsweep.methods.base import Batch, RobustMethod
-from robustsweep.methods.perturb import EmbeddingAdversaryKnobs, ascent_step, dropout_mode, init_delta
+from robustsweep.methods.perturb import (
+    EmbeddingAdversaryKnobs,
+    ascent_step,
+    dropout_mode,
+    init_delta,
+)
 from robustsweep.methods.registry import register
 
 

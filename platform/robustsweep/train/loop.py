@@ -59,7 +59,7 @@ def build_optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: TrainConf
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak lr, then linear decay to zero."""
-    warmup = int(round(total_steps * warmup_ratio))
+    warmup = round(total_steps * warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
