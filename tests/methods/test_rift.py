@@ -231,12 +231,31 @@ def test_polarity_flips_are_dropped_and_rows_stay_nearest_first() -> None:
     assert polarity.tolist() == [0, 1, -1, 1, 0, -1, 1]  # "boring" via its lemma "bore"
     table = torch.tensor([[-1, -1, -1], [2, 3, 4], [1, 3, -1], [1, 2, 4], [1, 2, 3],
                           [6, 4, 1], [5, 3, 4]])
-    out = rift.drop_polarity_flips(table, polarity, k=2)
+    out = rift.compact_table(table, ~rift.polarity_flips(table, polarity), k=2)
     assert out[1].tolist() == [3, 4]  # good: "bad" dropped, "great" and "film" kept in order
     assert out[2].tolist() == [-1, -1]  # bad: both neighbours positive
     assert out[4].tolist() == [1, 2]  # a neutral word keeps everything
     assert out[5].tolist() == [4, -1]  # boring: "exciting" and "good" dropped
     assert out[0].tolist() == [-1, -1]
+
+
+def test_neighbours_below_the_similarity_floor_are_dropped() -> None:
+    weight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    table = rift.embedding_neighbours(weight, torch.ones(4, dtype=torch.bool), k=2,
+                                      min_similarity=0.5)
+    assert table[0].tolist() == [1, -1]  # id 3 has cosine 0.11 with id 0
+    assert table[2].tolist() == [3, -1]
+
+
+def test_stopwords_get_no_substitutes_and_are_none() -> None:
+    tokenizer = FakeTokenizer(["[PAD]", "the", "film", "movie", "an"])
+    stop = rift.stopword_ids(tokenizer, 5)
+    assert stop.tolist() == [False, True, False, False, True]
+    table = torch.tensor([[-1, -1], [4, 2], [3, 1], [2, 4], [1, 2]])
+    keep = ~stop[table.clamp(min=0)]
+    keep[stop] = False
+    assert rift.compact_table(table, keep, k=2).tolist() == [
+        [-1, -1], [-1, -1], [3, -1], [2, -1], [-1, -1]]
 
 
 def test_word_polarity_finds_inflections_through_their_lemma() -> None:
@@ -250,18 +269,18 @@ def test_word_polarity_finds_inflections_through_their_lemma() -> None:
     assert reverses_polarity("good", "bad") and not reverses_polarity("good", "great")
 
 
-def test_builtin_encoder_synonyms_lose_their_antonyms() -> None:
-    """The MiniLM's raw neighbours of "good" include "bad"; the default table does not."""
+def test_builtin_encoder_synonyms_lose_antonyms_and_function_words() -> None:
+    """The MiniLM's raw neighbours of "good" include "bad", and "the" has nine; not by default."""
     from robustsweep.config import ModelConfig
     from robustsweep.models import load_model
 
     adapter = load_model(ModelConfig(source="builtin:minilm"), num_labels=2)
-    good, bad, love, hate = adapter.tokenizer.convert_tokens_to_ids(["good", "bad", "love", "hate"])
-    raw = rift.embedding_table(adapter, 9)
-    assert bad in raw[good].tolist() and hate in raw[love].tolist()
-    method = rift.RIFT(rift.RIFTKnobs())
-    table = method.synonym_table(adapter)
-    assert table.shape[1] == 9 and (table[good] >= 0).all()
-    assert bad not in table[good].tolist() and hate not in table[love].tolist()
-    unfiltered = rift.RIFT(rift.RIFTKnobs(polarity_filter=False)).synonym_table(adapter)
-    assert torch.equal(unfiltered, raw)
+    ids = adapter.tokenizer.convert_tokens_to_ids(["good", "bad", "great", "excellent", "the"])
+    good, bad, great, excellent, the = ids
+    raw_knobs = {"polarity_filter": False, "skip_stopwords": False, "min_similarity": -1.0}
+    raw = rift.RIFT(rift.RIFTKnobs(**raw_knobs)).synonym_table(adapter)
+    assert bad in raw[good].tolist() and (raw[the] >= 0).all()
+    table = rift.RIFT(rift.RIFTKnobs()).synonym_table(adapter)
+    assert table.shape == raw.shape
+    assert table[good].tolist()[:2] == [excellent, great] and bad not in table[good].tolist()
+    assert (table[the] < 0).all()

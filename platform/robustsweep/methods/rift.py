@@ -31,7 +31,7 @@ from pydantic import Field
 from torch import nn
 
 from robustsweep.errors import ResourceError
-from robustsweep.lexicon import polarity_lexicon, word_polarity
+from robustsweep.lexicon import english_stopwords, polarity_lexicon, word_polarity
 from robustsweep.methods._common import (
     allreduce_grads,
     embedding_output,
@@ -73,6 +73,12 @@ class RIFTKnobs(Knobs):
         "embedding",
         description="Synonym table: embedding = nearest whole-word neighbours in the model's word "
                     "embeddings (offline deviation) | wordnet (NLTK data); paper: counter-fitted")
+    min_similarity: float = Field(
+        0.5, ge=-1, le=1,
+        description="embedding source: keep neighbours with cosine ≥ this in the model's word "
+                    "embeddings (0.5); counter-fitted sets hold close words only, often none")
+    skip_stopwords: bool = Field(
+        True, description="Stopwords (NLTK list) get no substitutes and are none (True)")
     polarity_filter: bool = Field(
         True, description="Drop synonyms of opposite General-Inquirer polarity (good→bad): "
                           "counter-fitted sets exclude antonyms, raw neighbours do not (True)")
@@ -127,16 +133,27 @@ def token_polarity(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     return torch.tensor([word_polarity(w, lexicon) if w else 0 for w in words], dtype=torch.long)
 
 
-def drop_polarity_flips(table: torch.Tensor, polarity: torch.Tensor, k: int) -> torch.Tensor:
-    """The first ``k`` synonyms per row whose polarity does not oppose the row word's (−1: none).
+def polarity_flips(table: torch.Tensor, polarity: torch.Tensor) -> torch.Tensor:
+    """Which table entries have the opposite polarity of their row's word (good → bad).
 
     Counter-fitted synonym sets (the paper's) keep antonyms apart; raw embedding neighbours do
-    not ("good" ~ "bad"), and a KL to an antonym swap teaches the model to ignore sentiment.
+    not, and a KL to an antonym swap teaches the model to ignore sentiment.
     """
-    valid = table >= 0
-    flips = valid & (polarity.unsqueeze(1) * polarity[table.clamp(min=0)] < 0)
-    keep = valid & ~flips
-    # stable left-compaction: kept entries first, in their original (nearest-first) order
+    return (table >= 0) & (polarity.unsqueeze(1) * polarity[table.clamp(min=0)] < 0)
+
+
+def stopword_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """Which vocab ids spell an English stopword (NLTK's list, as the attacks use)."""
+    words = token_words(tokenizer, vocab_size)
+    if words is None:
+        return torch.zeros(vocab_size, dtype=torch.bool)
+    stop = english_stopwords()
+    return torch.tensor([w.lower() in stop for w in words], dtype=torch.bool)
+
+
+def compact_table(table: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` kept entries per row, in their original (nearest-first) order; −1 pads."""
+    keep = keep & (table >= 0)
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
     compact = torch.where(keep, table, torch.full_like(table, -1)).gather(1, order)
     out = torch.full((table.shape[0], k), -1, dtype=table.dtype)
@@ -146,8 +163,9 @@ def drop_polarity_flips(table: torch.Tensor, polarity: torch.Tensor, k: int) -> 
 
 
 def embedding_neighbours(weight: torch.Tensor, is_word: torch.Tensor, k: int,
-                         chunk: int = 1024) -> torch.Tensor:
-    """V×k table: the k nearest whole-word ids by cosine in ``weight`` (−1: none)."""
+                         min_similarity: float = -1.0, chunk: int = 1024) -> torch.Tensor:
+    """V×k table: the k nearest whole-word ids by cosine in ``weight``, each at least
+    ``min_similarity`` (−1: none)."""
     vocab = weight.shape[0]
     table = torch.full((vocab, k), -1, dtype=torch.long)
     ids = is_word.nonzero().squeeze(1)
@@ -159,8 +177,10 @@ def embedding_neighbours(weight: torch.Tensor, is_word: torch.Tensor, k: int,
         sims = emb[start:start + chunk] @ emb.T
         rows = torch.arange(sims.shape[0], device=sims.device)
         sims[rows, rows + start] = -float("inf")  # never a synonym of itself
-        top = sims.topk(k_eff, dim=1).indices.cpu()
-        table[ids[start:start + chunk], :k_eff] = ids[top]
+        top = sims.topk(k_eff, dim=1)
+        found = ids[top.indices.cpu()]
+        found[top.values.cpu() < min_similarity] = -1
+        table[ids[start:start + chunk], :k_eff] = found
     return table
 
 
@@ -190,20 +210,21 @@ def wordnet_neighbours(tokenizer: Any, is_word: torch.Tensor, k: int) -> torch.T
     return table
 
 
-def embedding_table(adapter: EncoderAdapter, k: int) -> torch.Tensor:
-    """Nearest whole-word neighbours in the model's own word embeddings."""
+def embedding_table(adapter: EncoderAdapter, k: int, knobs: RIFTKnobs) -> torch.Tensor:
+    """Nearest whole-word neighbours in the model's own word embeddings (≥ min_similarity)."""
     weight = adapter.core.get_input_embeddings().weight
-    return embedding_neighbours(weight, word_token_mask(adapter.tokenizer, weight.shape[0]), k)
+    return embedding_neighbours(weight, word_token_mask(adapter.tokenizer, weight.shape[0]), k,
+                                knobs.min_similarity)
 
 
-def wordnet_table(adapter: EncoderAdapter, k: int) -> torch.Tensor:
+def wordnet_table(adapter: EncoderAdapter, k: int, knobs: RIFTKnobs) -> torch.Tensor:
     """WordNet lemmas of each whole-word token (needs the NLTK wordnet data)."""
     vocab = adapter.core.get_input_embeddings().weight.shape[0]
     return wordnet_neighbours(adapter.tokenizer, word_token_mask(adapter.tokenizer, vocab), k)
 
 
 # Synonym sources by knob value: each returns a V×k table of token ids (−1: no synonym).
-SYNONYM_SOURCES: dict[str, Callable[[EncoderAdapter, int], torch.Tensor]] = {
+SYNONYM_SOURCES: dict[str, Callable[[EncoderAdapter, int, RIFTKnobs], torch.Tensor]] = {
     "embedding": embedding_table,
     "wordnet": wordnet_table,
 }
@@ -290,20 +311,28 @@ class RIFT(RobustMethod):
             self.synonyms = self.synonym_table(adapter).to(device)
 
     def synonym_table(self, adapter: EncoderAdapter) -> torch.Tensor:
-        """V×n_synonyms ids from the configured source, polarity flips dropped when asked.
+        """V×n_synonyms ids from the configured source, filtered as the knobs ask.
 
-        With the filter, twice as many candidates are drawn so that filtered rows stay full.
+        With a filter on, twice as many candidates are drawn so that filtered rows stay full.
         """
         k = self.knobs
         source = SYNONYM_SOURCES[k.synonym_source]
-        if not k.polarity_filter:
-            return source(adapter, k.n_synonyms)
-        vocab = adapter.core.get_input_embeddings().weight.shape[0]
-        try:
-            polarity = token_polarity(adapter.tokenizer, vocab)
-        except ResourceError as exc:
-            raise ResourceError(f"rift polarity_filter: {exc}; or set polarity_filter: false") from None
-        return drop_polarity_flips(source(adapter, 2 * k.n_synonyms), polarity, k.n_synonyms)
+        if not (k.polarity_filter or k.skip_stopwords):
+            return source(adapter, k.n_synonyms, k)
+        table = source(adapter, 2 * k.n_synonyms, k)
+        vocab = table.shape[0]
+        keep = table >= 0
+        if k.skip_stopwords:
+            stop = stopword_ids(adapter.tokenizer, vocab)
+            keep &= ~stop[table.clamp(min=0)]
+            keep[stop] = False  # function words keep their place: no substitutes
+        if k.polarity_filter:
+            try:
+                polarity = token_polarity(adapter.tokenizer, vocab)
+            except ResourceError as exc:
+                raise ResourceError(f"rift polarity_filter: {exc}; or set polarity_filter: false") from None
+            keep &= ~polarity_flips(table, polarity)
+        return compact_table(table, keep, k.n_synonyms)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return [*self.student_heads.parameters(), *self.teacher_heads.parameters()]
