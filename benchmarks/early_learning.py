@@ -30,7 +30,7 @@ from robustsweep.config import DataConfig, ModelConfig, TrainConfig
 from robustsweep.data import load_task
 from robustsweep.methods import registry
 from robustsweep.models import load_model
-from robustsweep.train.loop import build_optimizer, linear_schedule, seed_everything
+from robustsweep.train.loop import build_optimizer, linear_schedule, seed_everything, train_step
 
 EPOCH_STEPS = 125  # 4,000 rows / batch 32: the schedule of jobs/quickstart.yaml
 
@@ -62,14 +62,8 @@ def clean_ce_curve(name: str, knobs: dict[str, object], args: argparse.Namespace
     for step in range(args.steps):
         rows = task.train.subset(order[step * 32:(step + 1) * 32].tolist())
         batch = adapter.to_device(adapter.encode(rows.texts, rows.pairs, rows.labels))
-        terms = method.training_step(batch)
-        method.before_optimizer_step()
-        if train.max_grad_norm and method.supports_grad_clipping:
-            torch.nn.utils.clip_grad_norm_([p for _, p in named], train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        method.after_optimizer_step()
-        optimizer.zero_grad(set_to_none=True)
+        terms = train_step(method, batch, [p for _, p in named], optimizer, scheduler,
+                           train.max_grad_norm)
         curve.append(float(terms.get("ce", terms["loss"])))
     return curve
 

@@ -31,7 +31,7 @@ from robustsweep.config import DataConfig, ModelConfig, TrainConfig
 from robustsweep.data import Task, TextSet, load_task
 from robustsweep.methods import registry
 from robustsweep.models import load_model
-from robustsweep.train.loop import build_optimizer, seed_everything
+from robustsweep.train.loop import build_optimizer, seed_everything, train_step
 
 
 @dataclass
@@ -61,11 +61,7 @@ def measure(name: str, task: Task, rows: TextSet, args: argparse.Namespace) -> R
     times = []
     for step in range(args.warmup + args.steps):
         started = clock()
-        method.training_step(batch)
-        method.before_optimizer_step()
-        optimizer.step()
-        method.after_optimizer_step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(method, batch, [], optimizer)  # no clipping: the step's own cost only
         if step >= args.warmup:
             times.append(clock() - started)
     return Row(name, statistics.median(times), method.passes_per_step(), setup_s)

@@ -69,6 +69,24 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def train_step(method: RobustMethod, batch: dict[str, torch.Tensor], params: list[torch.Tensor],
+               optimizer: torch.optim.Optimizer, scheduler: Any | None = None,
+               max_grad_norm: float | None = None) -> dict[str, float]:
+    """One optimisation step with the method's hooks around it, as every caller must run it:
+    loss + backward, ``before_optimizer_step`` (e.g. RoAST's gradient mask), clipping when the
+    method allows it, the update, ``after_optimizer_step``, and cleared gradients."""
+    terms = method.training_step(batch)
+    method.before_optimizer_step()
+    if max_grad_norm and method.supports_grad_clipping:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    method.after_optimizer_step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
 @dataclass
 class Sharding:
     """Which rows of the train set this rank sees in an epoch (same step count on every rank)."""
@@ -144,6 +162,7 @@ def fit(
     named = list(adapter.core.named_parameters()) + [
         (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())
     ]
+    params = [p for _, p in named]
     optimizer = build_optimizer(named, tcfg)
     scheduler = linear_schedule(optimizer, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
     state = FitState()
@@ -174,14 +193,7 @@ def fit(
         started = time.perf_counter()
         for step in range(steps_per_epoch):
             batch = next(batches)
-            terms = method.training_step(batch)
-            method.before_optimizer_step()
-            if tcfg.max_grad_norm and method.supports_grad_clipping:
-                torch.nn.utils.clip_grad_norm_([p for _, p in named], tcfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            method.after_optimizer_step()
-            optimizer.zero_grad(set_to_none=True)
+            terms = train_step(method, batch, params, optimizer, scheduler, tcfg.max_grad_norm)
             for key, value in terms.items():
                 sums[key] += float(value)
             state.global_step += 1
