@@ -56,14 +56,14 @@ def clean_ce_curve(name: str, knobs: dict[str, object], args: argparse.Namespace
     train = TrainConfig(lr=1e-4, batch_size=32, warmup_ratio=0.06, epochs=1)
     optimizer = build_optimizer(named, train)
     scheduler = linear_schedule(optimizer, EPOCH_STEPS, train.warmup_ratio)
+    params = [p for _, p in named]
     order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(args.seed))
     adapter.model.train()
     curve = []
     for step in range(args.steps):
         rows = task.train.subset(order[step * 32:(step + 1) * 32].tolist())
         batch = adapter.to_device(adapter.encode(rows.texts, rows.pairs, rows.labels))
-        terms = train_step(method, batch, [p for _, p in named], optimizer, scheduler,
-                           train.max_grad_norm)
+        terms = train_step(method, batch, params, optimizer, scheduler, train.max_grad_norm)
         curve.append(float(terms.get("ce", terms["loss"])))
     return curve
 

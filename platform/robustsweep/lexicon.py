@@ -71,4 +71,4 @@ def word_polarity(word: str, lexicon: dict[str, int] | None = None, inflected: b
 def reverses_polarity(old: str, new: str, lexicon: dict[str, int] | None = None) -> bool:
     """True when ``old`` and ``new`` carry opposite known polarities (e.g. good -> bad)."""
     lexicon = polarity_lexicon() if lexicon is None else lexicon
-    return lexicon.get(old.lower(), 0) * lexicon.get(new.lower(), 0) < 0
+    return word_polarity(old, lexicon, inflected=False) * word_polarity(new, lexicon, inflected=False) < 0

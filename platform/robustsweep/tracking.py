@@ -29,7 +29,7 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 4) -> T:
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # MLflow raises many types; re-raised below
             if attempt == attempts - 1:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise TrackingError(f"MLflow {what} failed: {first}") from exc
@@ -62,7 +62,7 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
         try:
             # MLflow 3 opens GenAI pages for untagged experiments; ours are training runs.
             return mlf.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
-        except Exception:
+        except Exception:  # a concurrent creator won the race (re-raised if not)
             found = mlf.get_experiment_by_name(name)
             if found is None:
                 raise
