@@ -24,7 +24,7 @@ import argparse
 import math
 
 import torch
-import yaml
+from variants import parse_variant
 
 from robustsweep.config import DataConfig, ModelConfig, TrainConfig
 from robustsweep.data import load_task
@@ -33,15 +33,6 @@ from robustsweep.models import load_model
 from robustsweep.train.loop import build_optimizer, linear_schedule, seed_everything, train_step
 
 EPOCH_STEPS = 125  # 4,000 rows / batch 32: the schedule of jobs/quickstart.yaml
-
-
-def parse_variant(text: str) -> tuple[str, dict[str, object]]:
-    name, _, spec = text.partition(":")
-    knobs = {}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        knobs[key.strip()] = yaml.safe_load(value)
-    return name, knobs
 
 
 def clean_ce_curve(name: str, knobs: dict[str, object], args: argparse.Namespace) -> list[float]:

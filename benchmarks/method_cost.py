@@ -10,6 +10,7 @@ For each method (iterating the registry, so new methods are included): a fresh b
 
 On a shared, loaded machine wall time mostly measures the other processes; ``--clock cpu``
 times this process's CPU seconds instead (all threads), which is stabler there.
+``--device cuda`` (or ``auto``) runs the model on a GPU and synchronises before reading the clock.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def measure(name: str, task: Task, rows: TextSet, args: argparse.Namespace) -> R
     seed_everything(0)
     adapter = load_model(ModelConfig(source=args.model), num_labels=task.num_labels,
                          max_length=args.max_length)
+    adapter.core.to(args.device)
     method = registry.build(name)
     started = time.perf_counter()
     method.setup(adapter, task)
@@ -62,9 +64,22 @@ def measure(name: str, task: Task, rows: TextSet, args: argparse.Namespace) -> R
     for step in range(args.warmup + args.steps):
         started = clock()
         train_step(method, batch, [], optimizer)  # no clipping: the step's own cost only
+        synchronize(args.device)
         if step >= args.warmup:
             times.append(clock() - started)
     return Row(name, statistics.median(times), method.passes_per_step(), setup_s)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU kernels, so a step's wall time is its real time."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def table(rows: list[Row], markdown: bool) -> str:
@@ -100,9 +115,11 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="step timer: wall time or this process's CPU time")
     parser.add_argument("--model", default="builtin:minilm")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if present)")
     parser.add_argument("--methods", nargs="*", help="subset of methods (default: all registered)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
+    args.device = pick_device(args.device)
     torch.set_num_threads(args.threads)
 
     task = load_task(DataConfig(source="builtin:mr", train_size=args.train_size, eval_size=16))
@@ -121,7 +138,7 @@ def main() -> None:
         print(f"{name}: step {row.step_s if row.step_s is None else round(row.step_s, 3)} s, "
               f"setup {row.setup_s:.1f} s", flush=True)
     print()
-    print(f"{args.model}, batch {args.batch_size}, max_length {args.max_length}, "
+    print(f"{args.model} on {args.device}, batch {args.batch_size}, max_length {args.max_length}, "
           f"{args.threads} threads, {args.clock} clock, median of {args.steps} steps after "
           f"{args.warmup} warm-up (setup: wall time)")
     print(table(rows, markdown=False))

@@ -1,0 +1,37 @@
+"""The benchmark scripts' shared pieces: the variant syntax and per-variant job validation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustsweep.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from method_accuracy import variant_job
+from variants import parse_variant
+
+QUICKSTART = ROOT / "jobs" / "quickstart.yaml"
+
+
+def test_parse_variant_reads_yaml_scalars() -> None:
+    assert parse_variant("vanilla") == ("vanilla", {})
+    assert parse_variant("rift:w_kl=0,ascc_steps=2,polarity_filter=false,min_similarity=-1") == (
+        "rift", {"w_kl": 0, "ascc_steps": 2, "polarity_filter": False, "min_similarity": -1})
+
+
+def test_variant_job_sets_method_knobs_seed_and_shared_overrides() -> None:
+    cfg = variant_job(QUICKSTART, ["train.epochs=3"], "rsmi:multi_mask=1", seed=2)
+    assert (cfg.method.name, cfg.method.knobs, cfg.seed, cfg.train.epochs) == ("rsmi", {"multi_mask": 1}, 2, 3)
+    assert variant_job(QUICKSTART, [], "vanilla", seed=0).method.knobs == {}
+
+
+@pytest.mark.parametrize("variant", ["rsmi:multi_mask=-1", "nosuch", "rsmi:no_such_knob=1"])
+def test_variant_job_rejects_bad_variants_in_one_line(variant: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        variant_job(QUICKSTART, [], variant, seed=0)
+    assert variant in str(err.value) and "\n" not in str(err.value)
