@@ -145,8 +145,10 @@ class InfoBERT(RobustMethod):
         delta = init_delta(mask, adapter.core.get_input_embeddings().embedding_dim,
                            k.adv_init_mag, k.norm_type)
         dropout_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        sums = {"ce": 0.0, "ib": 0.0, "anchor_lb": 0.0}
-        total = 0.0
+        # Terms stay tensors until the end: an .item() per term would wait for the GPU each time.
+        zero = torch.zeros((), device=ids.device)
+        sums = {"ce": zero, "ib": zero, "anchor_lb": zero}
+        total = zero
         # Two backwards per pass: DDP could not all-reduce twice, so accumulate locally and
         # average once at the end (a no-op in a single process).
         with self.no_sync():
@@ -161,24 +163,24 @@ class InfoBERT(RobustMethod):
                 if k.beta_ib > 0:
                     ib = k.beta_ib * ib_upper_bound(h0, mask) / k.adv_steps
                     loss = loss + ib
-                    sums["ib"] += ib.item()
+                    sums["ib"] = sums["ib"] + ib.detach()
                 anchored = k.alpha_anchor > 0
                 loss.backward(retain_graph=anchored)
                 grad = delta.grad.detach().clone()
-                sums["ce"] += ce.item()
-                total += loss.item()
+                sums["ce"] = sums["ce"] + ce.detach()
+                total = total + loss.detach()
                 if anchored:
                     selected = anchored_positions(grad.norm(dim=-1), mask, k.cl, k.ch)
                     bound = self.anchored_lower_bound(h0, h_cls, selected)
                     if bound is not None:
                         reg = -k.alpha_anchor * bound / k.adv_steps
                         reg.backward()
-                        total += reg.item()
-                        sums["anchor_lb"] += bound.item() / k.adv_steps
+                        total = total + reg.detach()
+                        sums["anchor_lb"] = sums["anchor_lb"] + bound.detach() / k.adv_steps
                 if step < k.adv_steps - 1:
                     delta = ascent_step(delta, grad, k.adv_lr, k.adv_max_norm, k.norm_type)
         allreduce_grads([*adapter.core.parameters(), *self.extra_parameters()])
-        return {"loss": total, **sums}
+        return {"loss": total.item(), **{key: value.item() for key, value in sums.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"critic": self.critic.state_dict()} if self.critic is not None else {}

@@ -127,11 +127,13 @@ def repeat_rows(batch: Batch, copies: int) -> Batch:
 
 
 def mask_positions(ids: torch.Tensor, positions: list[list[int]], mask_id: int) -> torch.Tensor:
-    """``ids`` with the given positions (per row) replaced by the mask id."""
+    """``ids`` with the given positions (per row) replaced by the mask id (one indexed write,
+    not one per row: an ensemble chunk has hundreds of rows)."""
     out = ids.clone()
-    for row, cols in enumerate(positions):
-        if cols:
-            out[row, torch.tensor(cols, device=ids.device)] = mask_id
+    rows = [row for row, cols in enumerate(positions) for _ in cols]
+    if rows:
+        cols = [col for cols in positions for col in cols]
+        out[torch.tensor(rows, device=ids.device), torch.tensor(cols, device=ids.device)] = mask_id
     return out
 
 
@@ -192,10 +194,10 @@ class RSMI(RobustMethod):
 
     def inference_plan(self, batch: Batch) -> NoisePlan:
         mask = batch["attention_mask"]
-        rows = [batch["input_ids"][b][mask[b].bool()].tolist() for b in range(mask.shape[0])]
         lengths = [int(n) for n in mask.sum(dim=1).tolist()]
         if self.fixed_seed is None:
             return NoisePlan(None, lengths)
+        rows = [batch["input_ids"][b][mask[b].bool()].tolist() for b in range(mask.shape[0])]
         gens = [torch.Generator().manual_seed(input_seed(r, self.fixed_seed)) for r in rows]
         return NoisePlan(gens, lengths)
 
@@ -218,14 +220,24 @@ class RSMI(RobustMethod):
     def mask_candidates(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         scores: torch.Tensor) -> list[list[int]]:
         """Per row: top-k real positions by saliency, minus the first/last real token and
-        special tokens, in descending saliency. Positions come from the attention mask."""
+        special tokens, in descending saliency. Positions come from the attention mask.
+
+        The ranking runs batched on the scores' device and comes back in one transfer (a
+        per-row loop would wait for the GPU several times per example)."""
+        real = attention_mask.bool()
+        width = min(self.knobs.mask_topk, scores.shape[1])
+        top = scores.masked_fill(~real, float("-inf")).topk(width, dim=1).indices
+        positions = torch.arange(real.shape[1], device=real.device).expand_as(real)
+        first = positions.masked_fill(~real, real.shape[1]).min(dim=1).values
+        last = positions.masked_fill(~real, -1).max(dim=1).values
+        table = torch.cat([top, input_ids.gather(1, top), real.sum(dim=1, keepdim=True),
+                           first[:, None], last[:, None]], dim=1).tolist()
         out: list[list[int]] = []
-        for b in range(input_ids.shape[0]):
-            real = attention_mask[b].nonzero().flatten()
-            k = min(len(real), 1 if len(real) <= SHORT_INPUT else self.knobs.mask_topk)
-            top = real[scores[b, real].topk(k).indices].tolist()
-            ends = (int(real[0]), int(real[-1]))
-            out.append([p for p in top if p not in ends and int(input_ids[b, p]) not in self.special_ids])
+        for row in table:
+            picks, ids, (n, start, end) = row[:width], row[width:2 * width], row[2 * width:]
+            k = min(n, 1 if n <= SHORT_INPUT else self.knobs.mask_topk)
+            out.append([p for p, tok in zip(picks[:k], ids[:k], strict=True)
+                        if p not in (start, end) and tok not in self.special_ids])
         return out
 
     # ---- training ---------------------------------------------------------------------------
