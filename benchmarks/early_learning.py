@@ -30,7 +30,13 @@ from robustsweep.config import DataConfig, ModelConfig, TrainConfig
 from robustsweep.data import load_task
 from robustsweep.methods import registry
 from robustsweep.models import load_model
-from robustsweep.train.loop import build_optimizer, linear_schedule, seed_everything, train_step
+from robustsweep.train.loop import (
+    build_optimizer,
+    linear_schedule,
+    seed_everything,
+    train_step,
+    trainable_parameters,
+)
 
 EPOCH_STEPS = 125  # 4,000 rows / batch 32: the schedule of jobs/quickstart.yaml
 
@@ -42,8 +48,7 @@ def clean_ce_curve(name: str, knobs: dict[str, object], args: argparse.Namespace
     adapter = load_model(ModelConfig(source="builtin:minilm"), num_labels=2, max_length=64)
     method = registry.build(name, knobs)
     method.setup(adapter, task)
-    named = list(adapter.core.named_parameters()) + [
-        (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())]
+    named = trainable_parameters(adapter, method)
     train = TrainConfig(lr=1e-4, batch_size=32, warmup_ratio=0.06, epochs=1)
     optimizer = build_optimizer(named, train)
     scheduler = linear_schedule(optimizer, EPOCH_STEPS, train.warmup_ratio)

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from method_cost import pick_device
 from variants import parse_variant
 
 from robustsweep.config import JobConfig, load_job, validate_job
 from robustsweep.data import Task, load_task
 from robustsweep.errors import RobustSweepError
 from robustsweep.methods import registry
-from robustsweep.models import load_model
-from robustsweep.train.loop import fit, seed_everything
+from robustsweep.train.loop import fit, prepare_trial
 
 BASELINE = "vanilla"
 
@@ -52,14 +52,10 @@ def variant_job(job: Path, overrides: list[str], variant: str, seed: int) -> Job
 
 
 def run_variant(cfg: JobConfig, task: Task, device: str) -> dict[str, Any]:
-    """Train one job in-process; its final epoch's metrics and the training time."""
-    seed_everything(cfg.seed)
-    adapter = load_model(cfg.model, task.num_labels, cfg.data.max_length, cfg.data.lowercase,
-                         task.label_names)
-    adapter.core.to(device)
-    method = registry.build(cfg.method.name, cfg.method.knobs)
+    """Train one job in-process; its final epoch's metrics, the training time and the total
+    (model load, setup, training and evaluation)."""
     started = time.perf_counter()
-    method.setup(adapter, task)
+    adapter, method = prepare_trial(cfg, task, device)
     state = fit(adapter, method, task, cfg, progress=None)
     final = state.history[-1]
     return {
@@ -103,7 +99,7 @@ def parse_args() -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     variants = args.variant or list(registry.available())
     if BASELINE in variants:  # the baseline first, so every later row shows its difference
         variants = [BASELINE] + [v for v in variants if v != BASELINE]

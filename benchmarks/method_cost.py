@@ -32,7 +32,12 @@ from robustsweep.config import DataConfig, ModelConfig, TrainConfig
 from robustsweep.data import Task, TextSet, load_task
 from robustsweep.methods import registry
 from robustsweep.models import load_model
-from robustsweep.train.loop import build_optimizer, seed_everything, train_step
+from robustsweep.train.loop import (
+    build_optimizer,
+    seed_everything,
+    train_step,
+    trainable_parameters,
+)
 
 
 @dataclass
@@ -54,9 +59,7 @@ def measure(name: str, task: Task, rows: TextSet, args: argparse.Namespace) -> R
     started = time.perf_counter()
     method.setup(adapter, task)
     setup_s = time.perf_counter() - started
-    named = list(adapter.core.named_parameters()) + [
-        (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())]
-    optimizer = build_optimizer(named, TrainConfig(lr=1e-5))
+    optimizer = build_optimizer(trainable_parameters(adapter, method), TrainConfig(lr=1e-5))
     batch = adapter.to_device(adapter.encode(rows.texts, rows.pairs, rows.labels))
     adapter.model.train()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -77,6 +80,7 @@ def synchronize(device: str) -> None:
 
 
 def pick_device(name: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu; anything else as given."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name

@@ -69,6 +69,29 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def trainable_parameters(adapter: EncoderAdapter, method: RobustMethod) -> list[tuple[str, torch.nn.Parameter]]:
+    """The encoder's parameters plus the method's own (RIFT's heads, InfoBERT's critic), named
+    so that ``build_optimizer`` can group them."""
+    return list(adapter.core.named_parameters()) + [
+        (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())
+    ]
+
+
+def prepare_trial(cfg: JobConfig, task: Task, device: torch.device | str) -> tuple[EncoderAdapter, RobustMethod]:
+    """How every trial starts: seeded, the pretrained model with a fresh head on ``device``, and
+    the configured method set up on it (the Ray Train worker and the benchmarks share this)."""
+    from robustsweep.methods import build
+    from robustsweep.models import load_model
+
+    seed_everything(cfg.seed)
+    adapter = load_model(cfg.model, task.num_labels, cfg.data.max_length, cfg.data.lowercase,
+                         task.label_names)
+    adapter.core.to(device)
+    method = build(cfg.method.name, cfg.method.knobs)
+    method.setup(adapter, task)
+    return adapter, method
+
+
 def train_step(method: RobustMethod, batch: dict[str, torch.Tensor], params: list[torch.Tensor],
                optimizer: torch.optim.Optimizer, scheduler: Any | None = None,
                max_grad_norm: float | None = None) -> dict[str, float]:
@@ -159,9 +182,7 @@ def fit(
     steps_per_epoch = math.ceil(rows_per_rank / per_rank_batch)
     if tcfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-    named = list(adapter.core.named_parameters()) + [
-        (f"method.{i}", p) for i, p in enumerate(method.extra_parameters())
-    ]
+    named = trainable_parameters(adapter, method)
     params = [p for _, p in named]
     optimizer = build_optimizer(named, tcfg)
     scheduler = linear_schedule(optimizer, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)

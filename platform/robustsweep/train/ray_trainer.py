@@ -93,9 +93,7 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     from robustsweep import tracking
     from robustsweep.data import load_task
-    from robustsweep.methods import build
-    from robustsweep.models import load_model
-    from robustsweep.train.loop import fit, seed_everything
+    from robustsweep.train.loop import fit, prepare_trial
     from robustsweep.train.results import finish_trial
 
     _quiet_report_log()
@@ -103,13 +101,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(payload["threads"])))
-    seed_everything(cfg.seed)
-    task = load_task(cfg.data, cfg.eval.anomaly)
-    adapter = load_model(cfg.model, task.num_labels, cfg.data.max_length, cfg.data.lowercase,
-                         task.label_names)
-    adapter.core.to(ray.train.torch.get_device())
-    method = build(cfg.method.name, cfg.method.knobs)
-    method.setup(adapter, task)
+    task = load_task(cfg.data, cfg.eval.anomaly)  # seeded by cfg.data, not by the global RNG
+    adapter, method = prepare_trial(cfg, task, ray.train.torch.get_device())
     if world > 1:
         adapter.model = ray.train.torch.prepare_model(adapter.core, move_to_device=False)
 
