@@ -9,6 +9,7 @@ import pytest
 
 from robustsweep.config import SweepConfig, validate_job
 from robustsweep.errors import ConfigError
+from robustsweep.sweep import manifest as mf
 from robustsweep.sweep import tuner
 from robustsweep.sweep.params import FINAL_KEY, TrialSpace, resolve_spaces
 from robustsweep.sweep.search import (
@@ -182,22 +183,60 @@ def test_missing_trial_driver_resource_is_a_clear_error(monkeypatch):
         tuner.plan_resources(job(scaling={"num_workers": 2}), total=2)
 
 
+def _real_manifest(sweep_dir: Path) -> None:
+    mf.Manifest.create(
+        sweep_dir, job={}, job_file=None, num_samples=1, study_name="s",
+        storage="sqlite:///x", tracking_uri=None, experiment="e", parent_run_id=None,
+    )
+
+
 def test_a_new_sweep_never_clobbers_other_files(tmp_path: Path):
     tuner._clear(tmp_path / "fresh", overwrite=False)  # missing or empty: fine
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty and holds no sweep"):
+    with pytest.raises(ConfigError, match="holds no sweep plus files a sweep never writes"):
         tuner._clear(other, overwrite=True)
     old = tmp_path / "old"
-    (old / "trials").mkdir(parents=True)
-    (old / "manifest.json").write_text("{}")
+    (old / "trials" / "t1").mkdir(parents=True)
+    _real_manifest(old)
     with pytest.raises(ConfigError, match="--resume .* or pass --overwrite"):
         tuner._clear(old, overwrite=False)
     tuner._clear(old, overwrite=True)
-    assert not old.exists()
+    assert old.is_dir() and not any(old.iterdir())  # our entries gone, the directory kept
     partial = tmp_path / "partial"  # a start that died before its manifest
     partial.mkdir()
     (partial / "optuna.db").write_text("")
     with pytest.raises(ConfigError, match="pass --overwrite to start over"):
         tuner._clear(partial, overwrite=False)
+    with pytest.raises(ConfigError, match="no robustsweep manifest"):
+        tuner._clear(partial, overwrite=True)
+    assert (partial / "optuna.db").exists()
+
+
+def test_overwrite_never_deletes_a_project_with_a_lookalike_manifest(tmp_path: Path):
+    """The data-loss report: a folder with src/app.py, a README and a manifest.json of its own."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "app.py").write_text("print('hi')\n")
+    (project / "README.md").write_text("# mine\n")
+    (project / "manifest.json").write_text('{"name": "my-app", "version": 1}')
+    with pytest.raises(ConfigError, match="files a sweep never writes \\(README.md, src\\)"):
+        tuner._clear(project, overwrite=True)
+    assert (project / "src" / "app.py").read_text() == "print('hi')\n"
+    # Only sweep-named entries but a manifest that is not ours: still refused.
+    lookalike = tmp_path / "lookalike"
+    (lookalike / "trials").mkdir(parents=True)
+    (lookalike / "trials" / "keep.txt").write_text("x")
+    (lookalike / "manifest.json").write_text('{"version": 1}')
+    with pytest.raises(ConfigError, match="not a robustsweep sweep manifest"):
+        tuner._clear(lookalike, overwrite=True)
+    assert (lookalike / "trials" / "keep.txt").exists()
+    # A real sweep next to a user's file: refused, nothing deleted.
+    mixed = tmp_path / "mixed"
+    (mixed / "trials").mkdir(parents=True)
+    _real_manifest(mixed)
+    (mixed / "thesis.tex").write_text("x")
+    with pytest.raises(ConfigError, match="holds a sweep plus files a sweep never writes"):
+        tuner._clear(mixed, overwrite=True)
+    assert (mixed / "thesis.tex").exists() and (mixed / "manifest.json").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,8 @@ from robustsweep.errors import ConfigError
 
 MANIFEST_FILE = "manifest.json"
 VERSION = 1
+# What makes a manifest.json ours (a lookalike file of someone else's must never pass).
+REQUIRED_KEYS = frozenset({"version", "job", "study", "tracking", "trials", "num_samples"})
 
 PENDING, RUNNING, FINISHED, PRUNED, FAILED, INTERRUPTED = (
     "PENDING",
@@ -45,10 +48,20 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def temp_name(name: str) -> str:
+    """The temp file ``atomic_write_json`` writes before renaming it to ``name``."""
+    return f".{name}.{os.getpid()}.tmp"
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is a temp file left by ``atomic_write_json`` (a driver killed mid-write)."""
+    return bool(re.fullmatch(r"\.[^/]+\.\d+\.tmp", name))
+
+
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON so readers see the old or the new file, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(temp_name(path.name))
     with open(tmp, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)
         handle.flush()
@@ -128,8 +141,12 @@ class Manifest:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: unreadable manifest ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: not a robustsweep sweep manifest")
         if data.get("version") != VERSION:
             raise ConfigError(f"{path}: manifest version {data.get('version')!r} is not {VERSION}")
+        if not REQUIRED_KEYS <= data.keys():
+            raise ConfigError(f"{path}: not a robustsweep sweep manifest")
         return cls(Path(sweep_dir), data)
 
     def save(self) -> None:

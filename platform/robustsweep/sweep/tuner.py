@@ -309,23 +309,54 @@ SWEEP_ENTRIES = frozenset(
 )
 
 
+def _unexpected_entries(sweep_dir: Path) -> list[str]:
+    """Entries of ``sweep_dir`` a sweep never writes (our own atomic-write temp files allowed)."""
+    return sorted(
+        p.name
+        for p in sweep_dir.iterdir()
+        if p.name not in SWEEP_ENTRIES and not mf.is_temp_file(p.name)
+    )
+
+
 def _clear(sweep_dir: Path, overwrite: bool) -> None:
-    """Refuse to start over an earlier sweep unless ``overwrite``; never delete other files."""
+    """Refuse to start over an earlier sweep unless ``overwrite``; never delete other files.
+
+    ``--overwrite`` deletes only what a sweep of ours wrote: the directory must hold a manifest
+    that parses as robustsweep's own, and nothing but the entries a sweep creates. Anything else
+    (a stray file, a lookalike ``manifest.json``) is refused, so a mistyped ``output_dir`` can
+    never cost a user their files.
+    """
     if not sweep_dir.is_dir() or not any(sweep_dir.iterdir()):
         return
-    entries = {p.name for p in sweep_dir.iterdir()}
-    if not mf.Manifest.exists(sweep_dir) and not entries <= SWEEP_ENTRIES:
-        raise ConfigError(f"{sweep_dir} is not empty and holds no sweep; choose another output_dir")
+    unexpected = _unexpected_entries(sweep_dir)
+    has_manifest = mf.Manifest.exists(sweep_dir)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        what = "a sweep" if has_manifest else "no sweep"
+        raise ConfigError(
+            f"{sweep_dir} is not empty and holds {what} plus files a sweep never writes "
+            f"({shown}); choose another output_dir (nothing was deleted)"
+        )
     if not overwrite:
         hint = (
             f"continue it with `robustsweep sweep --resume {sweep_dir}`, or "
-            if mf.Manifest.exists(sweep_dir)
+            if has_manifest
             else ""
         )
         raise ConfigError(
             f"{sweep_dir} already holds a sweep: {hint}pass --overwrite to start over"
         )
-    shutil.rmtree(sweep_dir)
+    if not has_manifest:
+        raise ConfigError(
+            f"{sweep_dir} holds sweep-like files but no robustsweep manifest, so robustsweep "
+            "cannot tell they are its own; delete them yourself or choose another output_dir"
+        )
+    mf.Manifest.load(sweep_dir)  # raises one line unless the manifest is ours
+    for entry in sweep_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def start_sweep(
