@@ -126,6 +126,10 @@ class EvalConfig(_Strict):
     ece_bins: int = Field(15, ge=2, description="Bins of the expected calibration error")
     attacks: list[str] = Field(default_factory=list, description="Attack profiles (final eval)")
     attack_examples: int = Field(100, ge=1, description="Examples attacked per attack")
+    attack_examples_by_profile: dict[str, int] = Field(
+        default_factory=dict, description="Per-profile example counts, e.g. {textfooler-glove: "
+        "100}: the first N of the same examples the other profiles attack"
+    )
     anomaly: list[SplitSource] = Field(
         default_factory=list, description="Out-of-distribution text sets for anomaly AUROC"
     )
@@ -199,6 +203,14 @@ class SweepConfig(_Strict):
     methods: list[str] = Field(
         default_factory=lambda: ["vanilla"], min_length=1,
         description="Methods to sweep (registered names); each searches only its own knobs",
+    )
+    mode: Literal["search", "grid"] = Field(
+        "search", description="search: Optuna samples knobs from the search spaces; grid: every "
+        "method x seeds x the choices given in `spaces`, other knobs at their paper defaults"
+    )
+    records_dir: str | None = Field(
+        None, description="Directory that collects each finished trial's results record; a grid "
+        "sweep skips the cells whose record is already there (resume across machines)"
     )
     num_samples: int | None = Field(
         None, ge=1, description="Total trials; the sampler also picks the method "
@@ -294,6 +306,18 @@ class SweepConfig(_Strict):
 
         if self.num_samples is not None and self.num_samples_per_method is not None:
             raise ValueError("set num_samples or num_samples_per_method, not both")
+        if self.mode == "grid":
+            if self.num_samples is not None or self.num_samples_per_method is not None:
+                raise ValueError("mode grid: the grid sets the trial count; drop num_samples "
+                                 "and num_samples_per_method")
+            if self.train_space:
+                raise ValueError("mode grid: train_space is not searched; fix train settings "
+                                 "in the job's train section")
+            for method, knobs in self.spaces.items():
+                for knob, raw in knobs.items():
+                    if isinstance(raw, dict) and "choices" not in raw:
+                        raise ValueError(f"spaces.{method}.{knob}: mode grid takes a fixed value "
+                                         "or {choices: [...]}, not a range")
         if self.asha.enabled and self.asha.metric is None and len(self.objectives) > 1:
             raise ValueError("asha.metric is required with several objectives (a per-epoch proxy)")
         unknown = sorted(set(self.spaces) - set(self.methods))
@@ -303,7 +327,11 @@ class SweepConfig(_Strict):
         return self
 
     def total_samples(self) -> int:
-        """Trials in the whole sweep."""
+        """Trials in the whole sweep (a grid's count before skipping recorded cells)."""
+        if self.mode == "grid":
+            from robustsweep.sweep.params import grid_size
+
+            return grid_size(self)
         if self.num_samples_per_method is not None:
             return self.num_samples_per_method * len(self.methods)
         return self.num_samples if self.num_samples is not None else 4 * len(self.methods)

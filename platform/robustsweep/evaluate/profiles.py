@@ -110,7 +110,8 @@ def load_profile(name: str) -> AttackProfile:
 def effective_profile(name: str, eval_cfg: Any) -> AttackProfile:
     """The profile with the job's ``eval`` overrides applied (these change the hash)."""
     profile = load_profile(name)
-    update: dict[str, Any] = {"num_examples": eval_cfg.attack_examples}
+    by_profile = getattr(eval_cfg, "attack_examples_by_profile", None) or {}
+    update: dict[str, Any] = {"num_examples": by_profile.get(name, eval_cfg.attack_examples)}
     for field, attr in (("seed", "attack_seed"), ("timeout_s", "attack_timeout_s"),
                         ("query_budget", "attack_query_budget"),
                         ("max_modify_rate", "attack_max_modify_rate"),

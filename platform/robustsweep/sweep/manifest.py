@@ -108,6 +108,7 @@ class Manifest:
         experiment: str,
         parent_run_id: str | None,
         knob_space: dict[str, list] | None = None,
+        records_dir: str | None = None,
     ) -> Manifest:
         data = {
             "version": VERSION,
@@ -125,6 +126,7 @@ class Manifest:
                 "parent_run_id": parent_run_id,
             },
             "tune_dir": "tune",
+            "records_dir": records_dir,
             "resumes": [],
             "trials": {},
         }

@@ -100,6 +100,26 @@ def close_child_run(
         logger.warning("could not close MLflow run of trial %s: %s", trial_id, exc)
 
 
+def collect_trial_record(manifest: mf.Manifest, trial_id: str) -> None:
+    """Copy a finished trial's results record into the sweep's ``records_dir``, if it has one."""
+    from robustsweep.sweep.collect import collect
+    from robustsweep.train.results import read_results
+
+    records_dir = manifest.data.get("records_dir")
+    if not records_dir:
+        return
+    record = read_results(manifest.trial_dir(trial_id))
+    if record is None or not record.get("config_hash"):
+        logger.warning("trial %s finished without a results record to collect", trial_id)
+        return
+    try:
+        target = collect(record, Path(records_dir))
+    except OSError as exc:
+        console.print(f"[yellow]warning:[/] could not copy trial {trial_id}'s record: {exc}")
+        return
+    console.print(f"  record   {target}")
+
+
 def _label(entry: dict[str, Any]) -> str:
     number = int(entry.get("optuna_trial", -1))
     return f"{entry.get('method', '?')}-{number:03d} [dim]({entry['trial_id']})[/]"
@@ -182,6 +202,7 @@ class SweepMonitor(Callback):
                 f"[green]✔ done[/]   {_label(entry)}  "
                 f"{_short(entry.get('metrics', {}), self.shown_metrics)}"
             )
+            collect_trial_record(self.manifest, trial.trial_id)
         else:
             close_child_run(self.manifest, trial.trial_id, mf.PRUNED)
             console.print(

@@ -9,6 +9,7 @@ config schema validates overrides with this module.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 METHOD_KEY = "method"
 SEED_KEY = "seed"
 NUMBER_KEY = "optuna_trial"
+# Optuna user attribute naming the grid cell a trial claimed (grid mode).
+GRID_CELL_KEY = "grid_cell"
 TRAIN_PREFIX = "train."
 # Present only in the report a trial sends after its final evaluation: results without it
 # come from epochs, so a trial that ends without it was stopped early (pruned).
@@ -93,7 +96,8 @@ def resolve_spaces(sweep: SweepConfig) -> dict[str, MethodSpace]:
     space_dir = Path(sweep.space_dir).expanduser().resolve() if sweep.space_dir else None
     resolved: dict[str, MethodSpace] = {}
     for method in sweep.methods:
-        searched = dict(load_space(method, space_dir).knobs)
+        # A grid starts from the paper defaults: only the job's own `spaces` entries vary.
+        searched = {} if sweep.mode == "grid" else dict(load_space(method, space_dir).knobs)
         fixed: dict[str, Any] = {}
         for knob, raw in sweep.spaces.get(method, {}).items():
             if isinstance(raw, dict):  # replaces the file's entry in place (plot order)
@@ -103,6 +107,51 @@ def resolve_spaces(sweep: SweepConfig) -> dict[str, MethodSpace]:
                 fixed[knob] = raw
         resolved[method] = MethodSpace(method, searched, fixed)
     return resolved
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One trial of a grid sweep: a method, its knob values and a seed."""
+
+    method: str
+    knobs: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Stable name of the cell (Optuna user attribute, record file names)."""
+        knobs = ",".join(f"{k}={v}" for k, v in self.knobs)
+        return f"{self.method}[{knobs}]seed={self.seed}" if knobs else f"{self.method}seed={self.seed}"
+
+    def params(self) -> dict[str, Any]:
+        """The cell as trial parameters (``<method>.<knob>`` names, as searched trials have)."""
+        return {
+            METHOD_KEY: self.method,
+            SEED_KEY: self.seed,
+            **{f"{self.method}.{knob}": value for knob, value in self.knobs},
+        }
+
+
+def grid_cells(sweep: SweepConfig, job_seed: int) -> list[GridCell]:
+    """Every cell of a grid sweep, seed-major (all methods of the first seed come first, so a
+    sweep cut short still compares every method), then methods in job order, then the
+    cartesian product of each method's ``{choices: [...]}`` knobs in file order."""
+    seeds = list(sweep.seeds) or [job_seed]
+    cells: list[GridCell] = []
+    for seed in seeds:
+        for method in sweep.methods:
+            overrides = sweep.spaces.get(method, {})
+            fixed = [(k, v) for k, v in overrides.items() if not isinstance(v, dict)]
+            axes = [(k, list(v["choices"])) for k, v in overrides.items() if isinstance(v, dict)]
+            for combo in itertools.product(*(values for _, values in axes)):
+                knobs = tuple(fixed) + tuple(zip((k for k, _ in axes), combo))
+                cells.append(GridCell(method, knobs, int(seed)))
+    return cells
+
+
+def grid_size(sweep: SweepConfig) -> int:
+    """Cells of a grid sweep (the seed value does not change the count)."""
+    return len(grid_cells(sweep, 0))
 
 
 def knob_space(
@@ -140,14 +189,20 @@ class TrialSpace:
         *,
         balanced: bool,
         seeds: list[int],
+        base_seed: int = 0,
+        grid: list[GridCell] | None = None,
     ) -> None:
         self.spaces = spaces
         self.methods = list(spaces)
         self.train_space = train_space
         self.balanced = balanced
         self.seeds = list(seeds)
+        self.base_seed = base_seed
+        self.grid = list(grid) if grid is not None else None
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        if self.grid is not None:
+            return self._grid_trial(trial)
         constants: dict[str, Any] = {NUMBER_KEY: trial.number}
         n_methods = len(self.methods)
         if self.balanced or n_methods == 1:
@@ -162,10 +217,33 @@ class TrialSpace:
         for name, dist in self.train_space.items():
             suggest(trial, f"{TRAIN_PREFIX}{name}", dist)
         constants.update({f"{method}.{knob}": value for knob, value in space.fixed.items()})
+        turn = trial.number // n_methods if self.balanced else trial.number
         if self.seeds:
-            turn = trial.number // n_methods if self.balanced else trial.number
             constants[SEED_KEY] = self.seeds[turn % len(self.seeds)]
+        elif self.balanced and not space.searched and not self.train_space:
+            # Nothing to sample: the same seed would train the same model again. Each repeat
+            # of a knob-less method (vanilla) takes the next seed instead.
+            constants[SEED_KEY] = self.base_seed + turn
         return constants
+
+    def _grid_trial(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The first cell no other trial of the study has claimed (failed trials free theirs),
+        so numbering gaps and resumed sweeps never skip or repeat a cell."""
+        import optuna
+
+        claimed = {
+            t.user_attrs.get(GRID_CELL_KEY)
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.state != optuna.trial.TrialState.FAIL
+        }
+        assert self.grid is not None
+        free = [cell for cell in self.grid if cell.key not in claimed]
+        if not free:
+            raise RuntimeError("grid sweep asked for more trials than it has cells")
+        cell = free[0]
+        trial.set_user_attr(GRID_CELL_KEY, cell.key)
+        trial.set_user_attr(METHOD_KEY, cell.method)
+        return {NUMBER_KEY: trial.number, **cell.params()}
 
 
 def trial_job(

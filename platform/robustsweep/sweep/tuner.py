@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ from robustsweep.config import JobConfig, SweepConfig, flatten, job_to_yaml, val
 from robustsweep.errors import ConfigError
 from robustsweep.sweep import manifest as mf
 from robustsweep.sweep.monitor import SweepMonitor, attach, close_child_run, console
-from robustsweep.sweep.params import TrialSpace, knob_space, resolve_spaces
+from robustsweep.sweep.params import (
+    GridCell,
+    TrialSpace,
+    grid_cells,
+    knob_space,
+    resolve_spaces,
+)
 
 # Set in the driver before Tune starts (users can override them in their environment).
 TUNE_ENV_DEFAULTS = {
@@ -314,7 +321,9 @@ def _unexpected_entries(sweep_dir: Path) -> list[str]:
     return sorted(
         p.name
         for p in sweep_dir.iterdir()
-        if p.name not in SWEEP_ENTRIES and not mf.is_temp_file(p.name)
+        if p.name not in SWEEP_ENTRIES
+        and not mf.is_temp_file(p.name)
+        and not re.fullmatch(rf"{TUNE_NAME}-\d+", p.name)  # resumed without Tune state
     )
 
 
@@ -373,7 +382,13 @@ def start_sweep(
     check_asha(cfg)
     sweep_dir = cfg.resolved_output_dir()
     _clear(sweep_dir, overwrite)
-    total = sweep.total_samples()
+    grid, records_dir = _pending_grid(cfg)
+    total = len(grid) if grid is not None else sweep.total_samples()
+    if total == 0:
+        raise ConfigError(
+            f"every cell of grid sweep {cfg.name!r} already has a record in {records_dir}; "
+            f"nothing to train (build the tables with `robustsweep report {records_dir}`)"
+        )
     prepare_environment()
     ensure_ray(cfg.cluster)
     plan = plan_resources(cfg, total)
@@ -399,6 +414,7 @@ def start_sweep(
         experiment=cfg.tracking.experiment,
         parent_run_id=parent,
         knob_space=knobs,
+        records_dir=str(records_dir) if records_dir else None,
     )
     searcher = build_searcher(
         sweep,
@@ -407,6 +423,8 @@ def start_sweep(
             _train_space(sweep),
             balanced=sweep.num_samples_per_method is not None,
             seeds=sweep.seeds,
+            base_seed=cfg.seed,
+            grid=grid,
         ),
         seed=sweep.seed if sweep.seed is not None else cfg.seed,
         study_name=study_name,
@@ -502,6 +520,8 @@ def _continue_without_tune_state(
             _train_space(sweep),
             balanced=sweep.num_samples_per_method is not None,
             seeds=sweep.seeds,
+            base_seed=cfg.seed,
+            grid=_pending_grid(cfg)[0],
         ),
         seed=(sweep.seed if sweep.seed is not None else cfg.seed) + len(manifest.data["resumes"]),
         study_name=study["name"],
@@ -520,6 +540,24 @@ def _continue_without_tune_state(
         ),
         run_config=_run_config(cfg, manifest, name),
     )
+
+
+def _pending_grid(cfg: JobConfig) -> tuple[list[GridCell] | None, Path | None]:
+    """A grid sweep's cells still to train (those without a record in ``records_dir``)."""
+    from robustsweep.sweep.collect import pending_cells
+
+    sweep = sweep_of(cfg)
+    records_dir = Path(sweep.records_dir).expanduser().resolve() if sweep.records_dir else None
+    if sweep.mode != "grid":
+        return None, records_dir
+    cells = grid_cells(sweep, cfg.seed)
+    pending = pending_cells(cfg, cells, records_dir)
+    if len(pending) < len(cells):
+        console.print(
+            f"grid: {len(cells) - len(pending)} of {len(cells)} cells already recorded in "
+            f"{records_dir}; training the other {len(pending)}"
+        )
+    return pending, records_dir
 
 
 def _train_space(sweep: SweepConfig) -> dict[str, Any]:
