@@ -31,16 +31,11 @@ from pathlib import Path
 
 import torch
 
-from robustsweep.evaluate.attacks import (
-    Example,
-    example_seed,
-    run_profile,
-    select_examples,
-    warm_up,
-)
+from robustsweep.evaluate.attacks import run_profile, select_examples
 from robustsweep.evaluate.outcomes import ExampleResult
 from robustsweep.evaluate.profiles import load_profile
 from robustsweep.evaluate.recipes import get_recipe
+from robustsweep.evaluate.runner import Example, example_seed, warm_up
 from robustsweep.evaluate.trial import LoadedTrial, load_trial, resolve, write_trial
 from robustsweep.textattack_env import import_textattack
 
@@ -73,7 +68,7 @@ def stock_run(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
     import textattack
     from textattack.models.wrappers import HuggingFaceModelWrapper
 
-    from robustsweep.evaluate.attacks import AttackRunner
+    from robustsweep.evaluate.runner import AttackRunner
 
     adapter = victim.method.adapter
     tokenizer = copy.copy(adapter.tokenizer)
@@ -122,7 +117,7 @@ def ours_run(victim: LoadedTrial, recipe: str, n: int, seed: int,
 def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: int) -> str:
     """Where one in-process worker spends its time: the encoder (tokenize + predict_logits)
     vs TextAttack's search, transformations and constraints."""
-    from robustsweep.evaluate.attacks import AttackRunner
+    from robustsweep.evaluate.runner import AttackRunner
 
     profile = load_profile(recipe).model_copy(update={"seed": seed})
     runner = AttackRunner(victim.method, profile)
@@ -141,7 +136,7 @@ def breakdown(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
 def batch_curve(victim: LoadedTrial, length: int = 37, sizes: tuple[int, ...] = (1, 5, 10, 32, 64)
                 ) -> str:
     """Encoder ms per text against batch size (what batching across examples could still win)."""
-    from robustsweep.evaluate.suite import inference_mode
+    from robustsweep.evaluate.inference import inference_mode
 
     method = victim.method
     adapter = method.adapter

@@ -14,9 +14,11 @@ from attack_fixtures import textattack_ready, tiny_trained_method  # noqa: F401 
 
 from conftest import make_tiny_task
 from robustsweep.config import EvalConfig, SplitSource
-from robustsweep.evaluate.attacks import AttackRunner, run_profile, select_examples
+from robustsweep.evaluate.attacks import run_profile, select_examples
+from robustsweep.evaluate.inference import predict_probs
 from robustsweep.evaluate.profiles import AttackProfile, load_profile
-from robustsweep.evaluate.suite import final_metrics, predict_probs, profile_tags
+from robustsweep.evaluate.runner import AttackRunner
+from robustsweep.evaluate.suite import final_metrics, profile_tags
 from robustsweep.methods.base import RobustMethod
 
 pytestmark = pytest.mark.usefixtures("textattack_ready")

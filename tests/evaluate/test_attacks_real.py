@@ -11,8 +11,8 @@ from attack_fixtures import textattack_ready, tiny_trained_method  # noqa: F401 
 from conftest import make_tiny_task
 from robustsweep.data import TextSet
 from robustsweep.evaluate.attacks import run_profile
+from robustsweep.evaluate.inference import predict_probs
 from robustsweep.evaluate.profiles import load_profile
-from robustsweep.evaluate.suite import predict_probs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("textattack_ready")]
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_tiny_adapter
 from robustsweep.data import TextSet
-from robustsweep.evaluate.suite import predict_logits
+from robustsweep.evaluate.inference import predict_logits
 from robustsweep.evaluate.wrapper import ExampleTimeout, MethodModelWrapper
 from robustsweep.methods.base import RobustMethod
 

@@ -16,7 +16,7 @@ import torch
 
 from robustsweep.data import Task, TextSet
 from robustsweep.evaluate import metrics
-from robustsweep.evaluate.suite import predict_logits
+from robustsweep.evaluate.inference import predict_logits
 from robustsweep.methods.base import RobustMethod
 
 

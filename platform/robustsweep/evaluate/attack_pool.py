@@ -11,10 +11,10 @@ import os
 from collections.abc import Iterator
 from typing import Any, Self
 
-from robustsweep.evaluate.attacks import AttackRunner, Example
+from robustsweep.evaluate.inference import inference_mode
 from robustsweep.evaluate.outcomes import ExampleResult
 from robustsweep.evaluate.profiles import AttackProfile
-from robustsweep.evaluate.suite import inference_mode
+from robustsweep.evaluate.runner import AttackRunner, Example
 from robustsweep.methods.base import RobustMethod
 from robustsweep.resources import cache_dir
 

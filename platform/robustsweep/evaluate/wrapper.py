@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robustsweep.evaluate.suite import inference_mode
+from robustsweep.evaluate.inference import inference_mode
 from robustsweep.methods.base import RobustMethod
 
 TextInput = str | tuple[str, str]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -37,11 +38,11 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import robustsweep.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    # The package's own folder, found without importing the package (whose __init__ imports us).
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in _NOT_METHODS and not info.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")
     _discovered = True
 
 

@@ -1,0 +1,51 @@
+"""Inference primitives: every prediction of a trained method goes through these.
+
+They live below the evaluation suite, the attack wrapper, the attack pool and anomaly detection,
+which all import them (the suite orchestrates; it does not own the primitives its callees use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from robustsweep.data import TextSet
+from robustsweep.methods.base import RobustMethod
+
+
+@contextmanager
+def inference_mode(method: RobustMethod) -> Iterator[None]:
+    """Eval mode on the unwrapped model (no DDP collectives), grads only if the method needs them."""
+    adapter = method.adapter
+    wrapped, was_training = adapter.model, adapter.core.training
+    adapter.model = adapter.core
+    adapter.core.eval()
+    grad = torch.enable_grad() if method.wants_grad_at_inference else torch.no_grad()
+    try:
+        with grad:
+            yield
+    finally:
+        adapter.model = wrapped
+        adapter.core.train(was_training)
+
+
+def predict_logits(method: RobustMethod, textset: TextSet, batch_size: int = 64) -> np.ndarray:
+    """Class logits for every row of ``textset`` (N×C), via ``method.predict_logits``."""
+    adapter = method.adapter
+    out: list[np.ndarray] = []
+    with inference_mode(method):
+        for start in range(0, len(textset), batch_size):
+            stop = start + batch_size
+            pairs = textset.pairs[start:stop] if textset.pairs is not None else None
+            batch = adapter.to_device(adapter.encode(textset.texts[start:stop], pairs))
+            out.append(method.predict_logits(batch).detach().float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, adapter.num_labels), dtype=np.float32)
+
+
+def predict_probs(method: RobustMethod, textset: TextSet, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for every row of ``textset`` (N×C)."""
+    logits = predict_logits(method, textset, batch_size)
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
