@@ -15,22 +15,24 @@ produce (bounds, choices) must pass that class's validation.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustsweep.config import read_yaml
-from robustsweep.errors import ConfigError, MethodError
+from robustsweep.errors import ConfigError, MethodError, format_validation_error
 from robustsweep.methods import registry
 
-DEFAULT_SPACE_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
+# Package data: a symlink to the checkout's search_spaces/ in a source tree, real files in a wheel.
+DEFAULT_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 class KnobDistribution(BaseModel):
     """One knob's distribution: a range (float/int, optional log scale) or a choice list."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     type: Literal["float", "int", "cat"]
     low: float | None = None
@@ -39,11 +41,33 @@ class KnobDistribution(BaseModel):
     step: float | None = Field(None, gt=0)
     choices: list[Any] | None = Field(None, min_length=1)
 
+    @field_validator("low", "high", "step", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not a boolean")  # noqa: TRY004 - pydantic wants ValueError
+        return value
+
+    @field_validator("choices")
+    @classmethod
+    def _scalar_choices(cls, value: list[Any] | None) -> list[Any] | None:
+        """Optuna stores categorical choices as None/bool/int/float/str, nothing else."""
+        for choice in value or []:
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ValueError(f"choices must be plain values, not {type(choice).__name__}")
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError("choices must be finite numbers")
+        return value
+
     @model_validator(mode="after")
     def _shape(self) -> KnobDistribution:
         if self.choices is not None:
-            if self.low is not None or self.high is not None:
-                raise ValueError("give either choices or low/high, not both")
+            if self.low is not None or self.high is not None or self.step is not None:
+                raise ValueError("give either choices or low/high(/step), not both")
+            if self.type == "int" and not all(_whole(c) for c in self.choices):
+                raise ValueError("type int needs whole-number choices")
+            if self.type == "float" and not all(_number(c) for c in self.choices):
+                raise ValueError("type float needs numeric choices")
             return self
         if self.type == "cat":
             raise ValueError("type cat needs choices")
@@ -53,6 +77,11 @@ class KnobDistribution(BaseModel):
             raise ValueError(f"low {self.low} > high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError("log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna samples one or the other)")
+        if self.type == "int" and not all(_whole(v) for v in (self.low, self.high, self.step)
+                                          if v is not None):
+            raise ValueError("type int needs whole-number low, high and step")
         return self
 
     def boundary_values(self) -> list[Any]:
@@ -61,6 +90,14 @@ class KnobDistribution(BaseModel):
             return list(self.choices)
         cast = int if self.type == "int" else float
         return [cast(self.low), cast(self.high)]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return _number(value) and float(value).is_integer()
 
 
 class SearchSpace(BaseModel):
@@ -77,10 +114,7 @@ def validate_space(raw: dict[str, Any], origin: str) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{origin}: {where}: {msg.removeprefix('Value error, ')}") from None
+        raise ConfigError(format_validation_error(err, origin)) from None
     try:
         knobs_class = registry.get(space.method).knobs_class
     except MethodError as exc:
@@ -105,7 +139,7 @@ def load_space(method: str, space_dir: Path | None = None) -> SearchSpace:
     path = space_path(method, space_dir)
     if not path.is_file():
         raise ConfigError(f"{path}: no search space for method {method!r}")
-    space = validate_space(read_yaml(path), str(path))
+    space = validate_space(read_yaml(path, what="search space file"), str(path))
     if space.method != method:
         raise ConfigError(f"{path}: method is {space.method!r}, expected {method!r}")
     return space
