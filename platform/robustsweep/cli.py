@@ -1,18 +1,31 @@
 """``robustsweep`` command line: sub-commands are discovered from ``robustsweep.commands``.
 
-User errors (RobustSweepError) print one line and exit 2; ``--debug`` shows the traceback.
+Every user error is one line on stderr and exit code 2: bad flags (argparse), bad jobs, data
+and resources (RobustSweepError), and unreadable or unwritable paths (OSError). ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import pkgutil
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 from robustsweep import __version__
-from robustsweep.errors import RobustSweepError
+from robustsweep.errors import RobustSweepError, first_line, one_line
+
+USAGE_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: <command>: <message>``), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"error: {self.prog}: {one_line(message)} (see --help)\n")
 
 
 def _command_modules() -> list[ModuleType]:
@@ -24,7 +37,7 @@ def _command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="robustsweep",
         description="Robust fine-tuning sweeps: Ray Train/Tune + Optuna + TextAttack + MLflow.",
     )
@@ -40,6 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- checked flag types: a bad value is one argparse error line naming the flag -------------
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """A finite number above zero (seconds, rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text[:40]!r}")
+    return value
+
+
+def _fail(message: str) -> int:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    return USAGE_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     except RobustSweepError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc) or type(exc).__name__)
+    except OSError as exc:  # a path the user gave cannot be read or written
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or first_line(exc)} (--debug for the traceback)")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

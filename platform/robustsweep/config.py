@@ -6,24 +6,67 @@ rejected everywhere (``extra="forbid"``) so a typo fails loudly instead of being
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from robustsweep.errors import ConfigError
+from robustsweep.errors import ConfigError, first_line, format_validation_error, shown_value
+
+# A value that names a metric suffix (``ood_accuracy/<name>``) and a file name part: MLflow
+# metric names allow these characters; '/' would add a level, '..' would climb one.
+METRIC_SUFFIX = r"^[A-Za-z0-9_.-]{1,100}$"
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's annotation holds int or float (not bool) anywhere."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in get_args(annotation) if isinstance(arg, type) or get_args(arg))
+
+
+def _holds_bool(value: Any) -> bool:
+    """A bool, or a list/tuple/dict with a bool item (YAML ``yes``/``true`` where a number goes)."""
+    if isinstance(value, bool):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return any(isinstance(item, bool) for item in items)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 for int/float fields; a boolean there is always a mistake."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _numeric(field.annotation) and _holds_bool(value):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _dots_only(value: str) -> bool:
+    return set(value) <= {"."}
 
 
 class SplitSource(_Strict):
     """One extra evaluation set: an ood split of the same label space, or an anomaly set."""
 
-    name: str = Field(description="Metric suffix, e.g. 'imdb' gives ood_accuracy/imdb")
+    name: str = Field(
+        pattern=METRIC_SUFFIX, description="Metric suffix, e.g. 'imdb' gives ood_accuracy/imdb"
+    )
     source: str = Field(description="builtin:<name> | file:<path> | hf:<id>[:config]")
     split: str = Field("test", description="Split to read for hf: sources")
     size: int | None = Field(500, ge=1, description="Seeded sub-sample size (null = all rows)")
@@ -31,6 +74,21 @@ class SplitSource(_Strict):
         None, min_length=1, max_length=2, description="Text columns; null = data.text_fields"
     )
     label_field: str | None = Field(None, description="Label column; null = data.label_field")
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, value: str) -> str:
+        if _dots_only(value):
+            raise ValueError("must contain a letter, digit, '_' or '-'")
+        return value
+
+
+def _unique_names(sets: list[SplitSource]) -> list[SplitSource]:
+    names = [s.name for s in sets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"name {repeated[0]!r} is used twice (names are metric suffixes)")
+    return sets
 
 
 class DataConfig(_Strict):
@@ -63,6 +121,21 @@ class DataConfig(_Strict):
         default_factory=list, description="Distribution-shift sets with the same labels"
     )
 
+    @field_validator("label_names")
+    @classmethod
+    def _two_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(set(value)) != len(value):
+                raise ValueError("label names must not repeat")
+            if len(value) < 2:
+                raise ValueError("a classifier needs at least two label names")
+        return value
+
+    @field_validator("ood")
+    @classmethod
+    def _unique_ood(cls, value: list[SplitSource]) -> list[SplitSource]:
+        return _unique_names(value)
+
 
 class ModelConfig(_Strict):
     """Which pretrained encoder to fine-tune."""
@@ -86,6 +159,15 @@ class MethodConfig(_Strict):
         from robustsweep.methods import registry
 
         try:
+            fields = registry.get(self.name).knobs_class.model_fields
+        except MethodError as exc:
+            raise ValueError(str(exc)) from None
+        for knob, value in self.knobs.items():
+            if knob in fields and _numeric(fields[knob].annotation) and _holds_bool(value):
+                raise ValueError(f"method {self.name!r} knob {knob}: expected a number, not a boolean")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"method {self.name!r} knob {knob}: must be a finite number")
+        try:
             registry.validate_knobs(self.name, self.knobs)
         except MethodError as exc:
             raise ValueError(str(exc)) from None
@@ -108,6 +190,13 @@ class TrainConfig(_Strict):
         None, ge=1, description="Cap on optimizer steps per epoch (smoke tests, benchmarks)"
     )
     progress_every: int = Field(50, ge=1, description="Steps between progress-bar metric updates")
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"each beta must be in [0, 1) (got {list(value)})")
+        return value
 
 
 class ScalingConfig(_Strict):
@@ -157,6 +246,18 @@ class EvalConfig(_Strict):
     )
     proxy_examples: int = Field(32, ge=1, description="Examples the per-epoch proxy attack uses")
 
+    @field_validator("attacks")
+    @classmethod
+    def _unique_attacks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("attack profiles must not repeat (each names its own metrics)")
+        return value
+
+    @field_validator("anomaly")
+    @classmethod
+    def _unique_anomaly(cls, value: list[SplitSource]) -> list[SplitSource]:
+        return _unique_names(value)
+
 
 class TrackingConfig(_Strict):
     """Where MLflow records go."""
@@ -164,7 +265,7 @@ class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; null = sqlite store inside the output dir"
     )
-    experiment: str = Field("robustsweep", description="MLflow experiment name")
+    experiment: str = Field("robustsweep", min_length=1, description="MLflow experiment name")
     enabled: bool = Field(True, description="Log to MLflow at all")
 
 
@@ -231,12 +332,12 @@ class SweepConfig(_Strict):
         "(null = total/4 clamped to [2, 10]); NSGA-II population size"
     )
     seed: int | None = Field(None, ge=0, description="Sampler seed; null = the job seed")
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list, description="Training seeds that trials take in turn "
         "(empty = the job seed for every trial)"
     )
     study_name: str | None = Field(
-        None, description="Optuna study name; null = <job name>-<start time>"
+        None, min_length=1, description="Optuna study name; null = <job name>-<start time>"
     )
     storage: str | None = Field(
         None, description="Optuna storage: sqlite:///… | postgresql://… | mysql://… | "
@@ -261,7 +362,7 @@ class SweepConfig(_Strict):
         None, gt=0,
         description="CPUs per Train worker of a trial; null = scaling.cpus_per_worker or 1",
     )
-    trial_resources: dict[str, float] = Field(
+    trial_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"trial_driver": 1.0},
         description="Ray resources of each trial's driver process (not its workers); a "
         "cluster's nodes must declare them (ray start --resources)",
@@ -291,6 +392,13 @@ class SweepConfig(_Strict):
                 registry.get(name)
             except MethodError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("trial_resources")
+    @classmethod
+    def _named_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not key.strip() for key in value):
+            raise ValueError("resource names must be non-empty")
         return value
 
     @field_validator("objectives")
@@ -361,7 +469,7 @@ class ClusterConfig(_Strict):
 class JobConfig(_Strict):
     """A whole job: one trial (``train``) or many (``sweep``)."""
 
-    name: str = Field("job", pattern=r"^[A-Za-z0-9_.-]+$", description="Job name")
+    name: str = Field("job", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100, description="Job name")
     seed: int = Field(0, ge=0, description="Seed of data sampling, init and training")
     output_dir: str | None = Field(None, description="Results directory; null = runs/<name>")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -374,12 +482,31 @@ class JobConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     sweep: SweepConfig | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _no_parent(cls, value: str) -> str:
+        if ".." in value or _dots_only(value):
+            raise ValueError("must not contain '..' or be only dots (it names a directory)")
+        return value
+
     @field_validator("output_dir")
     @classmethod
     def _no_empty(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must be a non-empty path or null")
+        if value is not None:
+            check_output_dir(Path(value))
         return value
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> JobConfig:
+        batch, workers = self.train.batch_size, self.scaling.num_workers
+        if batch % workers:
+            raise ValueError(
+                f"train.batch_size ({batch}) must be a multiple of scaling.num_workers "
+                f"({workers}): each worker takes batch_size / num_workers rows"
+            )
+        return self
 
     def resolved_output_dir(self) -> Path:
         """Absolute output directory (Ray workers run in other working directories)."""
@@ -396,30 +523,138 @@ class JobConfig(_Strict):
 # Loading, overrides and error formatting
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    value = first.get("input")
-    hide = isinstance(value, dict) or value is None or first["type"] == "extra_forbidden"
-    shown = "" if hide else f" (got {value!r})"
-    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
-    return f"{origin}: {where}: {msg}{shown}{more}"
+# Directories a job must never write into (or, for the trees, below): outputs there would
+# clobber the system, and ``sweep --overwrite`` deletes what an output dir holds.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/proc", "/sbin", "/sys")
+SYSTEM_DIRS = ("/", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/root", "/run", "/srv",
+               "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/var")
+
+
+def check_output_dir(path: Path, what: str = "output_dir") -> Path:
+    """The resolved directory, or ValueError when it is a system or home directory."""
+    resolved = path.expanduser().resolve()
+    system = str(resolved) in SYSTEM_DIRS or resolved == Path.home().resolve()
+    system = system or any(resolved == Path(t) or Path(t) in resolved.parents for t in SYSTEM_TREES)
+    if system:
+        raise ValueError(
+            f"{what} {str(resolved)!r} is a system or home directory; choose a dedicated "
+            "results directory"
+        )
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Loading YAML safely, overrides and error formatting
+
+MAX_YAML_BYTES = 1 << 20  # job and space files are a few KiB; more is a mistake or an attack
+MAX_YAML_NODES = 100_000  # nodes after alias expansion (a "billion laughs" file has 10^9)
+MAX_YAML_DEPTH = 64
+
+
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A YAML document over a size limit (it is never expanded, so never shown)."""
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """Nodes of ``root`` with every alias expanded, counted without expanding (shared nodes
+    are memoised), or YamlLimitError past the limits or on a recursive alias."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise YamlLimitError(problem="recursive alias (a node contains itself)",
+                                 problem_mark=node.start_mark)
+        if depth > MAX_YAML_DEPTH:
+            raise YamlLimitError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                 problem_mark=node.start_mark)
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_NODES:
+                raise YamlLimitError(
+                    problem=f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
+                    problem_mark=node.start_mark)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root, 0)
+
+
+class GuardedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` (plain data only) that also refuses duplicate keys, recursive aliases
+    and alias expansion past ``MAX_YAML_NODES`` (checked on the node graph, before building)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_nodes(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # merged keys may be overridden: that is what << is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # unhashable: SafeLoader reports it
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {shown_value(key) or 'of this mapping'}",
+                        key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """'line N: problem' for any YAML error, without echoing document content."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"unacceptable character #x{exc.character:04x} at position {exc.position}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        return f"{where}{exc.problem or exc.context or 'invalid YAML'}"
+    return first_line(exc)
+
+
+def parse_yaml_text(text: str) -> Any:
+    """Load one YAML document with ``GuardedLoader`` (raises yaml.YAMLError)."""
+    loader = GuardedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value``; the value is read as YAML so numbers/lists/bools keep their type."""
+    shown = shown_value(text)
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key.path=value")
+        raise ConfigError(f"--set {shown}: expected key.path=value")
     key, raw = text.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
-        raise ConfigError(f"--set {text!r}: empty key")
+    if not key.strip():
+        raise ConfigError(f"--set {shown}: empty key")
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {shown}: empty segment in key {shown_value(key)} "
+                          "(expected key.path=value)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml_text(raw) if raw.strip() else ""
+    except (yaml.constructor.ConstructorError, YamlLimitError) as exc:
+        raise ConfigError(f"--set {shown}: {_yaml_problem(exc)}") from None
+    except (yaml.YAMLError, RecursionError):
         value = raw
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
         try:
@@ -442,26 +677,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+                raise ConfigError(f"--set {shown_value(text)}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return out
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping with ``safe_load``; one clear error line on any problem."""
+def read_yaml(path: str | os.PathLike[str], what: str = "YAML file") -> dict[str, Any]:
+    """Read a YAML mapping safely (size cap, UTF-8, no duplicate keys, no alias bombs);
+    one clear error line on any problem."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: no such job file")
+        raise ConfigError(f"{p}: no such {what}" if not p.exists() else f"{p}: not a file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        with open(p, "rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read {what} ({exc.strerror or first_line(exc)})") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_YAML_BYTES // 1024} KiB; not a {what}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        loaded = parse_yaml_text(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: invalid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML (nested too deeply)") from None
+    if loaded is None:
+        raise ConfigError(f"{p}: empty {what} (no settings, only comments or blank lines)")
+    if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    return data
+    return loaded
 
 
 def validate_job(raw: dict[str, Any], origin: str = "job") -> JobConfig:
@@ -469,12 +720,14 @@ def validate_job(raw: dict[str, Any], origin: str = "job") -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin)) from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: nested too deeply (a recursive YAML alias?)") from None
 
 
 def load_job(path: str | os.PathLike[str], overrides: list[str] | None = None) -> JobConfig:
     """Load a job YAML, apply ``--set`` overrides and validate once."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw = apply_overrides(read_yaml(path, what="job file"), overrides or [])
     return validate_job(raw, origin=str(path))
 
 

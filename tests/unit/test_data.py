@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from robustsweep.config import DataConfig, SplitSource
-from robustsweep.data import BUILTIN_SETS, load_task
+from robustsweep.data import BUILTIN_SETS, load_task, preflight
 from robustsweep.errors import DataError
 
 
@@ -81,3 +81,61 @@ def test_missing_column(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"missing column\(s\) \['sentence'\]"):
         load_task(DataConfig(source=f"file:{path}", text_fields=["sentence"]))
+
+
+# ---- data files (issue "Reliability and safety", part 4) --------------------------------------
+
+
+def _write_csv(path: Path, labels: list) -> DataConfig:
+    pd.DataFrame({"text": [f"row {i}" for i in range(len(labels))], "label": labels}).to_csv(
+        path, index=False)
+    return DataConfig(source=f"file:{path}")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 1000000], "label 1000000 is far outside"),
+    ([0, 1, 0.5], "non-integer number 0.5"),
+    ([-1, -1], "only negative ids"),
+])
+def test_label_inference_refuses_nonsense(tmp_path: Path, labels: list, message: str) -> None:
+    cfg = _write_csv(tmp_path / "d.csv", labels)
+    with pytest.raises(DataError, match=message):
+        load_task(cfg)
+
+
+def test_mixed_label_types(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, "pos"]}).to_json(
+        path, orient="records", lines=True)
+    with pytest.raises(DataError, match="mixes numbers and names"):
+        load_task(DataConfig(source=f"file:{path}"))
+
+
+def test_sparse_but_plausible_ids_are_kept(tmp_path: Path) -> None:
+    """Ids 0, 1 and 3 (class 2 absent from a sample) are still a 4-class task."""
+    cfg = _write_csv(tmp_path / "d.csv", [0, 1, 3] * 10)
+    assert load_task(cfg).label_names == ["0", "1", "2", "3"]
+
+
+def test_corrupt_compressed_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"d\.csv\.gz: cannot decompress or parse"):
+        load_task(DataConfig(source=f"file:{path}"))
+
+
+def test_dropped_rows_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["a", None, "c", "d", "e", "f"],
+                  "label": ["neg", "pos", "pos", "what", "neg", "pos"]}).to_csv(path, index=False)
+    cfg = DataConfig(source=f"file:{path}", label_names=["neg", "pos"])
+    with caplog.at_level("WARNING", logger="robustsweep.data"):
+        assert preflight(cfg) == {f"dropped_rows/file:{path}[train]": 2}
+    assert "dropped 2 of 6 rows (1 without text, 1 with a missing or unknown label)" in caplog.text
+
+
+def test_preflight_reads_only_file_sources(tmp_path: Path) -> None:
+    anomaly = [SplitSource(name="a", source="file:" + str(tmp_path / "gone.csv"))]
+    with pytest.raises(DataError, match="gone.csv: no such file"):
+        preflight(DataConfig(), anomaly)
+    assert preflight(DataConfig(ood=[SplitSource(name="i", source="builtin:imdb")])) == {}

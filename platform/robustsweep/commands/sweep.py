@@ -3,6 +3,10 @@
 ``robustsweep sweep JOB.yaml`` starts a sweep in the job's output dir; ``robustsweep sweep
 --resume DIR`` finishes one whose driver stopped (finished trials are not re-run). The sweep
 ends with its report and the commands that open MLflow and optuna-dashboard on its stores.
+
+Both run ``robustsweep validate``'s pre-flight before Ray starts. ``--resume`` only accepts a
+directory with a robustsweep manifest (Tune's state there is pickled) and refuses a sweep whose
+job sets ``model.trust_remote_code`` unless ``--trust-remote-code`` is given.
 """
 
 from __future__ import annotations
@@ -47,6 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Delete an earlier sweep in the job's output dir first",
     )
     parser.add_argument("--no-report", action="store_true", help="Skip the report at the end")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="With --resume: allow a sweep whose job sets model.trust_remote_code (never turned "
+        "on by the directory's files alone)",
+    )
+
+
+def preflight_resume(sweep_dir: Path, address: str | None, trust_remote_code: bool) -> None:
+    """Refuse a resume directory that is not a robustsweep sweep, or whose job would run
+    custom model code without the user's flag; then pre-flight its job."""
+    from robustsweep.config import validate_job
+    from robustsweep.errors import ConfigError
+    from robustsweep.resolve import check_address, resolve_job
+    from robustsweep.sweep.manifest import Manifest
+
+    if not sweep_dir.expanduser().is_dir():
+        raise ConfigError(f"--resume {sweep_dir}: no such directory")
+    manifest = Manifest.load(sweep_dir.expanduser())
+    origin = str(Manifest.path_in(sweep_dir.expanduser()))
+    raw = manifest.data["job"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: job: expected a mapping")
+    if address:
+        check_address("--address", address)
+        raw = {**raw, "cluster": {**raw.get("cluster", {}), "address": address}}
+    cfg = validate_job(raw, origin=origin)
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise ConfigError(
+            f"{origin}: the sweep's model.source {cfg.model.source!r} needs trust_remote_code "
+            "(custom model code runs on load); pass --trust-remote-code if you trust it"
+        )
+    resolve_job(cfg, origin=origin, need_sweep=True)
 
 
 def print_commands(outcome: SweepOutcome) -> None:  # noqa: F821 - imported lazily below
@@ -71,19 +108,30 @@ def print_commands(outcome: SweepOutcome) -> None:  # noqa: F821 - imported lazi
 def run(args: argparse.Namespace) -> int:
     from robustsweep.config import load_job
     from robustsweep.errors import ConfigError
-    from robustsweep.sweep.tuner import resume_sweep, start_sweep
+    from robustsweep.resolve import resolve_job
 
     if args.resume is not None:
         if args.job or args.overrides or args.overwrite:
             raise ConfigError("--resume takes the sweep dir only (its config is in manifest.json)")
+        preflight_resume(args.resume, args.address, args.trust_remote_code)
+        from robustsweep.sweep.tuner import resume_sweep
+
         outcome = resume_sweep(args.resume, address=args.address, retry_failed=args.retry_failed)
     else:
         if not args.job:
             raise ConfigError("give a job YAML, or --resume SWEEP_DIR")
+        if args.retry_failed:
+            raise ConfigError("--retry-failed only applies with --resume SWEEP_DIR")
+        if args.trust_remote_code:
+            raise ConfigError("--trust-remote-code only applies with --resume (a job file sets "
+                              "model.trust_remote_code itself)")
         overrides = list(args.overrides)
         if args.address:
             overrides.append(f"cluster.address={args.address}")
         cfg = load_job(args.job, overrides)
+        resolve_job(cfg, origin=args.job, need_sweep=True)
+        from robustsweep.sweep.tuner import start_sweep
+
         outcome = start_sweep(cfg, job_file=str(Path(args.job).resolve()), overwrite=args.overwrite)
     if not args.no_report and outcome.manifest.trials:
         from robustsweep.commands.report import print_report

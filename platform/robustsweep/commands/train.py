@@ -1,9 +1,13 @@
-"""Train and evaluate one configuration (one trial) on Ray Train, logged to MLflow."""
+"""Train and evaluate one configuration (one trial) on Ray Train, logged to MLflow.
+
+The job is pre-flighted (``robustsweep validate``'s checks) before Ray starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from robustsweep.cli import non_negative_int
 from robustsweep.commands._args import add_job_arguments
 
 NAME = "train"
@@ -15,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="Continue from the newest checkpoint in the job's output dir")
-    parser.add_argument("--max-failures", type=int, default=0,
+    parser.add_argument("--max-failures", type=non_negative_int, default=0, metavar="N",
                         help="Restart failed workers from the last checkpoint up to N times")
 
 
@@ -41,13 +45,16 @@ def print_summary(result: TrialResult) -> None:  # noqa: F821 - imported lazily 
 
 def run(args: argparse.Namespace) -> int:
     from robustsweep.config import load_job
-    from robustsweep.train.trial import run_trial
+    from robustsweep.resolve import resolve_job
 
     cfg = load_job(args.job, args.overrides)
+    resolve_job(cfg, origin=args.job)
     if args.resume and not (cfg.resolved_output_dir() / "trial.json").is_file():
         from robustsweep.errors import ConfigError
 
         raise ConfigError(f"--resume: no trial in {cfg.resolved_output_dir()} to resume")
+    from robustsweep.train.trial import run_trial
+
     result = run_trial(cfg, resume=args.resume, max_failures=args.max_failures)
     print_summary(result)
     return 0

@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from robustsweep.errors import ConfigError
+from robustsweep.errors import ConfigError, format_validation_error
 
 # TextDefender (Li et al., 2021, "Searching for an Effective Defender") evaluation settings,
 # from its args.py: modify_ratio 0.3, neighbour_vocab_size 50, sentence_similarity 0.840845057.
@@ -29,9 +28,9 @@ TEXTDEFENDER = {"max_modify_rate": 0.3, "max_candidates": 50, "sentence_similari
 class AttackProfile(BaseModel):
     """One attack setting. Fields left ``None`` keep the recipe's published/TextAttack default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Metric suffix")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Metric suffix")
     version: int = Field(1, ge=1, description="Bumped when the meaning changes")
     recipe: str = Field(description="Recipe name (robustsweep.evaluate.recipes)")
     description: str = Field("", description="What this profile is for")
@@ -47,6 +46,21 @@ class AttackProfile(BaseModel):
     query_budget: int | None = Field(None, ge=1, description="Model queries per example")
     seed: int = Field(0, ge=0, description="Seed of random transformations (per example)")
     timeout_s: float | None = Field(None, gt=0, description="Per-example time limit (timeout outcome)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, value: str) -> str:
+        if set(value) <= {"."}:
+            raise ValueError("must contain a letter, digit, '_' or '-' (it names metrics and files)")
+        return value
+
+    @field_validator("version", "num_examples", "max_modify_rate", "max_candidates",
+                     "sentence_similarity", "query_budget", "seed", "timeout_s", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not a boolean")  # noqa: TRY004 - pydantic
+        return value
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes results (the description does not)."""
@@ -86,20 +100,24 @@ def builtin_profiles() -> dict[str, AttackProfile]:
 
 def load_profile(name: str) -> AttackProfile:
     """A builtin profile by name, or a YAML file (``file:<path>`` or a ``.yaml`` path)."""
+    from robustsweep.config import read_yaml
+
     path_text = name.removeprefix("file:")
     if name.startswith("file:") or path_text.endswith((".yaml", ".yml")):
         path = Path(path_text).expanduser()
         if not path.is_file():
             raise ConfigError(f"attack profile {name!r}: no such file")
+        raw = read_yaml(path, what="attack profile file")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
             profile = AttackProfile.model_validate(raw)
-        except (yaml.YAMLError, ValidationError) as exc:
-            first = str(exc).strip().splitlines()[0:3]
-            raise ConfigError(f"attack profile {path}: {' '.join(first)}") from None
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"attack profile {path}")) from None
         from robustsweep.evaluate.recipes import get_recipe
 
-        get_recipe(profile.recipe)
+        try:
+            get_recipe(profile.recipe)
+        except ConfigError as exc:
+            raise ConfigError(f"attack profile {path}: recipe: {exc}") from None
         return profile
     profiles = builtin_profiles()
     if name not in profiles:
