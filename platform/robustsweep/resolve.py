@@ -393,3 +393,28 @@ def summary_lines(resolved: ResolvedJob) -> list[str]:
     for key, count in sorted(resolved.data_stats.items()):
         lines.append(f"{key}: {count} rows dropped (no text, or a missing/unknown label)")
     return lines
+
+
+def preflight_resume(sweep_dir: Path, address: str | None, trust_remote_code: bool) -> None:
+    """Refuse a resume directory that is not a robustsweep sweep, or whose job would run
+    custom model code without the user's flag; then pre-flight its job."""
+    from robustsweep.config import validate_job
+    from robustsweep.sweep.manifest import Manifest
+
+    if not sweep_dir.expanduser().is_dir():
+        raise ConfigError(f"--resume {sweep_dir}: no such directory")
+    manifest = Manifest.load(sweep_dir.expanduser())
+    origin = str(Manifest.path_in(sweep_dir.expanduser()))
+    raw = manifest.data["job"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: job: expected a mapping")
+    if address:
+        check_address("--address", address)
+        raw = {**raw, "cluster": {**raw.get("cluster", {}), "address": address}}
+    cfg = validate_job(raw, origin=origin)
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise ConfigError(
+            f"{origin}: the sweep's model.source {cfg.model.source!r} needs trust_remote_code "
+            "(custom model code runs on load); pass --trust-remote-code if you trust it"
+        )
+    resolve_job(cfg, origin=origin, need_sweep=True)

@@ -59,33 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def preflight_resume(sweep_dir: Path, address: str | None, trust_remote_code: bool) -> None:
-    """Refuse a resume directory that is not a robustsweep sweep, or whose job would run
-    custom model code without the user's flag; then pre-flight its job."""
-    from robustsweep.config import validate_job
-    from robustsweep.errors import ConfigError
-    from robustsweep.resolve import check_address, resolve_job
-    from robustsweep.sweep.manifest import Manifest
-
-    if not sweep_dir.expanduser().is_dir():
-        raise ConfigError(f"--resume {sweep_dir}: no such directory")
-    manifest = Manifest.load(sweep_dir.expanduser())
-    origin = str(Manifest.path_in(sweep_dir.expanduser()))
-    raw = manifest.data["job"]
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: job: expected a mapping")
-    if address:
-        check_address("--address", address)
-        raw = {**raw, "cluster": {**raw.get("cluster", {}), "address": address}}
-    cfg = validate_job(raw, origin=origin)
-    if cfg.model.trust_remote_code and not trust_remote_code:
-        raise ConfigError(
-            f"{origin}: the sweep's model.source {cfg.model.source!r} needs trust_remote_code "
-            "(custom model code runs on load); pass --trust-remote-code if you trust it"
-        )
-    resolve_job(cfg, origin=origin, need_sweep=True)
-
-
 def print_commands(outcome: SweepOutcome) -> None:  # noqa: F821 - imported lazily below
     from rich.console import Console
 
@@ -97,8 +70,20 @@ def print_commands(outcome: SweepOutcome) -> None:  # noqa: F821 - imported lazi
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(manifest.counts().items()))
     console.print(f"sweep     : {outcome.sweep_dir} ({counts})")
     if manifest.parent_run_id:
+        uri = manifest.tracking_uri
         console.print(f"MLflow    : parent run {manifest.parent_run_id}")
-        console.print(f"MLflow UI : {tracking.ui_command(manifest.tracking_uri)}")
+        objectives = [o["metric"] for o in (manifest.data["job"].get("sweep") or {}).get(
+            "objectives", [])]
+        try:  # a saved runs view: method, objectives, accuracies, ECE, OOD, cost; best first
+            url = tracking.sweep_view_url(
+                uri, manifest.parent_run_id, manifest.data["job"]["name"], objectives
+            )
+        except tracking.TrackingError as exc:
+            url = None
+            console.print(f"[yellow]warning:[/] could not save the MLflow runs view: {exc}")
+        console.print(f"MLflow UI : {tracking.ui_command(uri)}")
+        if url:
+            console.print(f"            then open {url}")
     console.print(
         f"Optuna    : {dashboard_command(manifest.data['study']['storage'])}"
         "   (pip install optuna-dashboard)"
@@ -106,17 +91,19 @@ def print_commands(outcome: SweepOutcome) -> None:  # noqa: F821 - imported lazi
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustsweep.config import load_job
+    from robustsweep import api
     from robustsweep.errors import ConfigError
-    from robustsweep.resolve import resolve_job
 
     if args.resume is not None:
         if args.job or args.overrides or args.overwrite:
             raise ConfigError("--resume takes the sweep dir only (its config is in manifest.json)")
-        preflight_resume(args.resume, args.address, args.trust_remote_code)
-        from robustsweep.sweep.tuner import resume_sweep
-
-        outcome = resume_sweep(args.resume, address=args.address, retry_failed=args.retry_failed)
+        result = api.resume_sweep(
+            args.resume,
+            address=args.address,
+            retry_failed=args.retry_failed,
+            trust_remote_code=args.trust_remote_code,
+            build_report=False,
+        )
     else:
         if not args.job:
             raise ConfigError("give a job YAML, or --resume SWEEP_DIR")
@@ -128,15 +115,10 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.address:
             overrides.append(f"cluster.address={args.address}")
-        cfg = load_job(args.job, overrides)
-        resolve_job(cfg, origin=args.job, need_sweep=True)
-        from robustsweep.sweep.tuner import start_sweep
-
-        outcome = start_sweep(cfg, job_file=str(Path(args.job).resolve()), overwrite=args.overwrite)
-    if not args.no_report and outcome.manifest.trials:
+        result = api.sweep(args.job, overrides, overwrite=args.overwrite, build_report=False)
+    if not args.no_report and result.manifest.trials:
         from robustsweep.commands.report import print_report
-        from robustsweep.report import build_report
 
-        print_report(build_report(outcome.sweep_dir))
-    print_commands(outcome)
-    return 0 if outcome.complete else 3
+        print_report(api.report(result.sweep_dir))
+    print_commands(result)
+    return 0 if result.complete else 3

@@ -44,17 +44,10 @@ def print_summary(result: TrialResult) -> None:  # noqa: F821 - imported lazily 
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustsweep.config import load_job
-    from robustsweep.resolve import resolve_job
+    from robustsweep import api
 
-    cfg = load_job(args.job, args.overrides)
-    resolve_job(cfg, origin=args.job)
-    if args.resume and not (cfg.resolved_output_dir() / "trial.json").is_file():
-        from robustsweep.errors import ConfigError
-
-        raise ConfigError(f"--resume: no trial in {cfg.resolved_output_dir()} to resume")
-    from robustsweep.train.trial import run_trial
-
-    result = run_trial(cfg, resume=args.resume, max_failures=args.max_failures)
+    result = api.train(
+        args.job, args.overrides, resume=args.resume, max_failures=args.max_failures
+    )
     print_summary(result)
     return 0
