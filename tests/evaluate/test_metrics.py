@@ -66,3 +66,26 @@ def test_msp_and_energy_can_disagree() -> None:
     out = detection_metrics(np.array([[10.0, 10.0]]), np.array([[1.0, 0.0]]), "x")
     assert out["anomaly_auroc/x"] == 0.0
     assert out["anomaly_auroc_energy/x"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [  # golden values (statsmodels proportion_confint(method="wilson"), 95 %)
+        (0, 24, 0.0, 0.13797620467498026),
+        (6, 24, 0.11999366228595007, 0.4489944400515401),
+        (12, 24, 0.3142742581957335, 0.6857257418042665),
+        (24, 24, 0.8620237953250198, 1.0),
+        (35, 100, 0.26364248243097527, 0.44745556703112027),
+    ],
+)
+def test_wilson_interval_golden_values(k: int, n: int, low: float, high: float) -> None:
+    assert metrics.wilson_interval(k, n) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_wilson_interval_edges() -> None:
+    assert all(np.isnan(metrics.wilson_interval(0, 0)))
+    low, high = metrics.wilson_interval(1, 1)
+    assert high == 1.0 and 0 < low < 1
+    # wider for fewer examples, narrower at a stricter level
+    assert metrics.wilson_interval(6, 24)[0] < metrics.wilson_interval(60, 240)[0]
+    assert metrics.wilson_interval(6, 24, z=1.0)[1] < metrics.wilson_interval(6, 24)[1]

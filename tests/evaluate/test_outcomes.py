@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from robustsweep.evaluate.outcomes import ExampleResult, ResultsTable, summarize
+from robustsweep.evaluate.metrics import wilson_interval
+from robustsweep.evaluate.outcomes import (
+    ExampleResult,
+    ResultsTable,
+    attack_outcomes,
+    outcome_record,
+    summarize,
+)
 
 
 def _row(i: int, outcome: str, queries: int = 10, words: int = 10, changed: int = 0) -> ExampleResult:
@@ -70,3 +78,36 @@ def test_other_manifest_starts_over(tmp_path: Path) -> None:
     table.append(_row(0, "failed"))
     assert table.open({"profile_hash": "b"}) == {}
     assert table.read() == []
+
+
+def test_summary_carries_n_and_wilson_intervals() -> None:
+    rows = [_row(i, "skipped") for i in range(6)] + [_row(i, "failed") for i in range(6, 12)] \
+        + [_row(i, "successful") for i in range(12, 24)]
+    m = summarize(rows, "dwb")
+    assert m["robust_accuracy/dwb"] == pytest.approx(6 / 24)
+    assert m["robust_accuracy_n/dwb"] == 24
+    assert (m["robust_accuracy_ci_low/dwb"], m["robust_accuracy_ci_high/dwb"]) == pytest.approx(
+        (0.11999366228595007, 0.4489944400515401))
+    # ASR's n is the attacked (non-skipped) count: 12 successful of 18
+    assert m["attack_success_rate_n/dwb"] == 18
+    assert (m["attack_success_rate_ci_low/dwb"], m["attack_success_rate_ci_high/dwb"]) == \
+        pytest.approx(wilson_interval(12, 18))
+
+
+def test_summary_of_nothing_attacked_has_no_interval() -> None:
+    m = summarize([_row(0, "skipped")], "a")
+    assert m["attack_success_rate_n/a"] == 0
+    assert math.isnan(m["attack_success_rate/a"]) and math.isnan(m["attack_success_rate_ci_low/a"])
+    assert m["robust_accuracy_n/a"] == 1 and m["robust_accuracy_ci_low/a"] == 0.0
+
+
+def test_outcome_record_is_compact_and_sorted_by_id(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path / "attacks" / "dwb")
+    table.open({"profile_hash": "abc", "example_ids": [7, 3, 5]})
+    for i, outcome in ((7, "failed"), (3, "successful"), (5, "skipped")):
+        table.append(_row(i, outcome))
+    assert outcome_record(table.directory) == {
+        "ids": [3, 5, 7], "outcomes": ["successful", "skipped", "failed"], "profile_hash": "abc"}
+    assert outcome_record(tmp_path / "nothing") is None
+    assert attack_outcomes(tmp_path / "attacks", ["dwb", "textfooler"]) == {
+        "dwb": outcome_record(table.directory)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from fake_sweep import FRONT, KNOB_SPACE, SWEEP, TRIALS, make_sweep_dir, metrics
 
 from robustsweep import tracking
 from robustsweep.cli import main
+from robustsweep.config import flatten
 from robustsweep.errors import ConfigError
+from robustsweep.evaluate.outcomes import ExampleResult, summarize
 from robustsweep.report import build_report
 from robustsweep.report import leaderboard as lb
 from robustsweep.report.pareto import dominates, pareto_front
@@ -141,6 +144,8 @@ def test_build_report_from_a_sweep_dir(tmp_path: Path):
         "leaderboard.md",
         "leaderboard.csv",
         "trials.csv",
+        "paired_vs_vanilla.csv",
+        "seeds.csv",
         "pareto.png",
         "knobs_pgd.png",
         "knobs_freelb.png",
@@ -222,18 +227,145 @@ def test_report_from_an_mlflow_parent_run_matches_the_dir_report(tmp_path: Path)
     assert records.objectives == [("clean_accuracy", "max"), ("robust_accuracy/deepwordbug", "max")]
     assert records.knob_space == KNOB_SPACE and records.rank_min == {}
     g1 = next(t for t in records.trials if t.trial_id == "g1")
-    assert (
-        g1.knobs["adv_max_norm"] == 0.1
-        and g1.knobs["norm_type"] == "l2"
-        and g1.knobs["train.lr"] == 5e-5
-    )
+    assert g1.knobs["adv_max_norm"] == 0.1 and g1.knobs["norm_type"] == "l2"
+    assert "train.lr" not in g1.knobs  # an unsearched train setting is not a knob
     report = build_report(parent, out_dir=tmp_path / "from_run", tracking_uri=uri)
     dir_report = build_report(make_sweep_dir(tmp_path / "sweep"), log_to_mlflow=False)
-    assert [r[:-1] for r in report.rows] == [r[:-1] for r in dir_report.rows]
+    assert report.rows == dir_report.rows  # knobs column included
     assert report.logged_to == parent
     logged = {a.path for a in tracking.client(uri).list_artifacts(parent, "report")}
     assert {"report/leaderboard.md", "report/leaderboard.csv", "report/pareto.png"} <= logged
     assert "best/robust_accuracy/deepwordbug" in tracking.client(uri).get_run(parent).data.metrics
+
+
+# ---- one report whichever way it is asked ------------------------------------------------------
+N_ATTACKED = 100
+
+
+def attacked(trial_id: str, clean: float, robust: float) -> list[ExampleResult]:
+    """Per-example outcomes with the trial's clean and robust accuracy over N_ATTACKED ids."""
+    skipped, kept = round(N_ATTACKED * (1 - clean)), round(N_ATTACKED * robust)
+    order = random.Random(trial_id).sample(range(N_ATTACKED), N_ATTACKED)
+    outcome = {i: "skipped" for i in order[:skipped]}
+    outcome.update({i: "failed" for i in order[skipped : skipped + kept]})
+    return [
+        ExampleResult(i, 1, outcome.get(i, "successful"), 1, 1, 10, 10, 1, 0.1, "t", "t")
+        for i in range(N_ATTACKED)
+    ]
+
+
+def enrich_sweep(sweep: Path, run_ids: dict[str, str]) -> None:
+    """What a real trial adds to the fake sweep: n/intervals, per-example outcomes, trial.json."""
+    for trial_id, method, _, status, knobs, clean, robust in TRIALS:
+        trial_dir = sweep / "trials" / trial_id
+        job = {"seed": 0, "method": {"name": method, "knobs": knobs}}
+        (trial_dir / "trial.json").write_text(
+            json.dumps({"job": job, "mlflow_run_id": run_ids[trial_id]})
+        )
+        if status != "FINISHED":
+            continue
+        rows = attacked(trial_id, clean, robust)
+        record = json.loads((trial_dir / "results.json").read_text())
+        record["metrics"].update(summarize(rows, "deepwordbug"))
+        record["attack_outcomes"] = {
+            "deepwordbug": {
+                "ids": [r.example_id for r in rows],
+                "outcomes": [r.outcome for r in rows],
+                "profile_hash": "h",
+            }
+        }
+        (trial_dir / "results.json").write_text(json.dumps(record, sort_keys=True))
+
+
+def fill_mlflow_like_a_sweep(uri: str, sweep: Path) -> str:
+    """The fake sweep as a real one logs it: parent run, child runs, results.json artifacts."""
+    parent = tracking.start_run(
+        uri,
+        "robustsweep",
+        "fake-sweep",
+        artifact_root=sweep / "mlartifacts",
+        tags={"robustsweep.sweep_dir": str(sweep.resolve()), **report_tags(SWEEP, KNOB_SPACE)},
+    )
+    make_sweep_dir(sweep, tracking_uri=uri, parent_run_id=parent)
+    run_ids = {}
+    for trial_id, method, number, status, knobs, *_ in TRIALS:
+        job = {"method": {"name": method, "knobs": knobs}, "seed": 0, "train": {"lr": 5e-5}}
+        run_ids[trial_id] = tracking.start_run(
+            uri,
+            "robustsweep",
+            f"{method}-{number:03d}",
+            params=flatten(job),
+            tags={
+                "robustsweep.method": method,
+                "robustsweep.trial_id": trial_id,
+                "robustsweep.optuna_trial": str(number),
+            },
+            parent_run_id=parent,
+            artifact_root=sweep / "mlartifacts",
+        )
+    enrich_sweep(sweep, run_ids)
+    for trial_id, _, _, status, *_ in TRIALS:
+        run, trial_dir = run_ids[trial_id], sweep / "trials" / trial_id
+        if status == "FINISHED":
+            results = json.loads((trial_dir / "results.json").read_text())
+            tracking.log_metrics(uri, run, results["metrics"], step=2)
+            tracking.log_artifacts(uri, run, [trial_dir / "results.json"])
+        elif status == "PRUNED":
+            entry = json.loads((sweep / "manifest.json").read_text())["trials"][trial_id]
+            tracking.log_metrics(
+                uri, run, {k: v for k, v in entry["metrics"].items() if k != "epoch"}, step=1
+            )
+            tracking.set_tags(uri, run, {"robustsweep.status": "pruned"})
+        else:
+            tracking.set_tags(uri, run, {"robustsweep.status": "failed"})
+        end = {"FINISHED": "FINISHED", "PRUNED": "KILLED"}.get(status, "FAILED")
+        tracking.end_run(uri, run, end)
+    return parent
+
+
+def test_report_from_the_sweep_dir_and_its_parent_run_are_byte_identical(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = tmp_path / "sweep"
+    parent = fill_mlflow_like_a_sweep(uri, sweep)
+    from_dir = build_report(sweep, out_dir=tmp_path / "a", log_to_mlflow=False)
+    build_report(parent, out_dir=tmp_path / "b", tracking_uri=uri, log_to_mlflow=False)
+    for name in ("leaderboard.md", "trials.csv", "leaderboard.csv", "paired_vs_vanilla.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    markdown = from_dir.markdown
+    assert f"MLflow parent run `{parent}`" in markdown
+    assert "0.3500 [0.2636, 0.4475] n=100" in markdown
+    assert "## Paired comparison against vanilla" in markdown
+    knobs = from_dir.rows[0][-1]
+    assert "train.lr" not in knobs and "clean_weight=" in knobs  # full knobs, no train leak
+    with open(tmp_path / "b" / "paired_vs_vanilla.csv") as handle:
+        paired = list(csv.DictReader(handle))
+    assert {r["trial"] for r in paired} == {"pgd-004", "freelb-002"}
+    assert all(r["vs vanilla"] == "vanilla-003 (same seed)" for r in paired)
+    with open(tmp_path / "a" / "trials.csv") as handle:
+        head = next(csv.reader(handle))
+    assert {"robust_accuracy_n/deepwordbug", "robust_accuracy_ci_low/deepwordbug",
+            "attack_success_rate_ci_high/deepwordbug"} <= set(head)
+
+
+def test_report_from_a_plain_dir_of_results_records(tmp_path: Path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = tmp_path / "sweep"
+    fill_mlflow_like_a_sweep(uri, sweep)
+    records_dir = tmp_path / "results" / "reproduce_mr"
+    for results in sorted(sweep.glob("trials/*/results.json")):
+        target = records_dir / "nested" / f"{results.parent.name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(results.read_text())
+    (records_dir / "notes.json").write_text(json.dumps({"not": "a record"}))
+    assert main(["report", str(records_dir), "--no-mlflow"]) == 0
+    assert "pgd-g4" in capsys.readouterr().out
+    markdown = (records_dir / "report" / "leaderboard.md").read_text()
+    assert "| 1 | pgd | pgd-g4 |" in markdown and "0.3500 [0.2636, 0.4475] n=100" in markdown
+    assert "vanilla-v3 (same seed)" in markdown  # outcomes travel with the records
+    assert main(["report", str(records_dir), "--no-mlflow"]) == 0  # its own report is skipped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no results records"):
+        load(str(tmp_path / "empty"))
 
 
 def test_load_needs_a_dir_or_a_tracking_uri(tmp_path: Path, monkeypatch):

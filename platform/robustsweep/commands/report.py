@@ -1,8 +1,10 @@
-"""Build a sweep's report: leaderboard (Markdown + CSV), Pareto plot and per-knob plots.
+"""Build a sweep's report: leaderboard (Markdown + CSV), paired comparison against vanilla,
+seed aggregates, Pareto plot and per-knob plots.
 
 From a sweep directory the report is built from the trials' results.json records (no MLflow
-needed); from an MLflow parent run id it is read through MlflowClient. Either way the files are
-logged to the sweep's parent run when MLflow is reachable.
+needed); from a plain directory of results records (``*.json``, any depth) the same way; from
+an MLflow parent run id it is read through MlflowClient. All three give the same files for the
+same trials; they are logged to the sweep's parent run when MLflow is reachable.
 """
 
 from __future__ import annotations
@@ -11,17 +13,24 @@ import argparse
 from pathlib import Path
 
 NAME = "report"
-HELP = "Leaderboard, Pareto front and knob plots of a sweep (dir or MLflow parent run id)"
+HELP = (
+    "Leaderboard (with intervals), paired comparison vs vanilla, Pareto front and knob plots "
+    "of a sweep (sweep dir, dir of results records, or MLflow parent run id)"
+)
 ORDER = 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="Sweep directory, or the sweep's MLflow parent run id")
+    parser.add_argument(
+        "target",
+        help="Sweep directory, directory of results records (*.json), or a sweep's MLflow "
+        "parent run id",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="Output directory (default: <sweep dir>/report or ./report-<run id>)",
+        help="Output directory (default: <dir>/report or ./report-<run id>)",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -57,6 +66,7 @@ def print_report(report: Report) -> None:  # noqa: F821 - imported lazily below
         console.print("[yellow]no finished trial reported the ranking metric[/]")
     else:
         console.print(table)
+    console.print(f"source    : {report.records.source}")
     console.print(f"report    : {report.out_dir / 'leaderboard.md'}")
     if report.logged_to:
         console.print(f"logged to : MLflow run {report.logged_to} (artifacts/report)")

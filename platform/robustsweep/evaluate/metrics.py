@@ -1,7 +1,12 @@
-"""Metric functions on plain arrays (no model): accuracy, ECE, AUROC, FPR@95, attack stats."""
+"""Metric functions on plain arrays (no model): accuracy, ECE, AUROC, FPR@95, attack stats.
+
+``wilson_interval`` is the one place binomial intervals are computed: attack summaries, reports
+and docs all use it, so a robust accuracy reads the same everywhere it is shown.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,28 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((probs.argmax(axis=1) == labels).mean())
+
+
+# Two-sided 95 % normal quantile (Φ⁻¹(0.975)).
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); (nan, nan) when n = 0.
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and is not degenerate at 0 or n
+    successes, which is where robust accuracies of strong attacks live.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0)) / denom
+    low, high = max(0.0, center - half), min(1.0, center + half)
+    # the exact bounds at 0 and n successes (rounding must not leave them a hair off)
+    return (0.0 if successes <= 0 else low), (1.0 if successes >= n else high)
 
 
 def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from robustsweep.evaluate.metrics import wilson_interval
+
 OUTCOMES = ("successful", "failed", "skipped", "timeout")
 
 
@@ -105,6 +107,18 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
+def _proportion(name: str, successes: int, n: int) -> dict[str, float]:
+    """A share with its n and 95 % Wilson interval, as ``name/<p>``, ``name_n/<p>``, ..."""
+    metric, profile = name.split("/", 1)
+    low, high = wilson_interval(successes, n)
+    return {
+        name: successes / n if n else float("nan"),
+        f"{metric}_n/{profile}": float(n),
+        f"{metric}_ci_low/{profile}": low,
+        f"{metric}_ci_high/{profile}": high,
+    }
+
+
 def summarize(results: list[ExampleResult], name: str) -> dict[str, float]:
     """Canonical robust metrics for one profile.
 
@@ -112,6 +126,9 @@ def summarize(results: list[ExampleResult], name: str) -> dict[str, float]:
       (failed + timeout) / n; skipped (already misclassified) examples count as wrong.
     - attack_success_rate: successful / (successful + failed + timeout), i.e. among examples
       the attack actually ran on; a timeout counts as a failure of the attack.
+    - both come with their n (``robust_accuracy_n``: all examples; ``attack_success_rate_n``:
+      the attacked, non-skipped ones) and a 95 % Wilson interval (``*_ci_low``, ``*_ci_high``),
+      because a few dozen attacked examples leave a robust accuracy uncertain by ±0.15.
     - avg_queries: mean model queries over the examples the attack ran on.
     - perturbed_word_ratio: mean share of words changed, over successful attacks.
     """
@@ -120,8 +137,8 @@ def summarize(results: list[ExampleResult], name: str) -> dict[str, float]:
     attacked = [r for r in results if r.outcome != "skipped"]
     nan = float("nan")
     return {
-        f"robust_accuracy/{name}": (count["failed"] + count["timeout"]) / n if n else nan,
-        f"attack_success_rate/{name}": count["successful"] / len(attacked) if attacked else nan,
+        **_proportion(f"robust_accuracy/{name}", count["failed"] + count["timeout"], n),
+        **_proportion(f"attack_success_rate/{name}", count["successful"], len(attacked)),
         f"avg_queries/{name}": _mean([float(r.queries) for r in attacked]),
         f"perturbed_word_ratio/{name}": _mean([
             r.perturbed_words / r.num_words for r in results
@@ -130,6 +147,38 @@ def summarize(results: list[ExampleResult], name: str) -> dict[str, float]:
         f"attack_timeout_rate/{name}": count["timeout"] / len(attacked) if attacked else nan,
         f"attack_examples/{name}": float(n),
     }
+
+
+def robust_correct(outcome: str) -> bool:
+    """Whether an example still counts as correct after the attack (robust accuracy's numerator)."""
+    return outcome in ("failed", "timeout")
+
+
+def outcome_record(directory: Path) -> dict[str, Any] | None:
+    """Compact per-example outcomes of one profile's table, for paired comparisons.
+
+    ``{"ids": [...], "outcomes": [...], "profile_hash": ...}`` sorted by example id (ids and
+    outcome strings only, so results records stay small); None when there is no table.
+    """
+    table = ResultsTable(directory)
+    rows = sorted(table.read(), key=lambda r: r.example_id)
+    if not rows:
+        return None
+    record: dict[str, Any] = {
+        "ids": [r.example_id for r in rows],
+        "outcomes": [r.outcome for r in rows],
+    }
+    try:
+        record["profile_hash"] = json.loads(table.manifest_path.read_text()).get("profile_hash")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        record["profile_hash"] = None
+    return record
+
+
+def attack_outcomes(attacks_dir: Path, profiles: list[str]) -> dict[str, dict[str, Any]]:
+    """``outcome_record`` of each named profile under ``attacks_dir`` that has a table."""
+    found = {p: outcome_record(attacks_dir / p) for p in profiles}
+    return {p: record for p, record in found.items() if record is not None}
 
 
 def is_finite(value: float) -> bool:

@@ -1,7 +1,9 @@
 """Leaderboard: the best finished trial of each method, as Markdown and CSV, plus all trials.
 
 Columns follow the canonical metric names: clean accuracy, robust accuracy and attack success
-rate per attack, ECE, OOD accuracy per set, anomaly AUROC per set, and the trial's cost.
+rate per attack, ECE, OOD accuracy per set, anomaly AUROC per set, and the trial's cost. Robust
+accuracy and attack success rate are shown as ``0.2500 [0.1200, 0.4490] n=24``: the value, its
+95 % Wilson interval and its n (report/stats.py), never as a bare number.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from robustsweep.report import stats
 from robustsweep.report.records import SweepRecords, TrialRecord
 
 # Column groups in display order: (prefix or exact name, short header).
@@ -81,11 +84,20 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def knob_text(trial: TrialRecord, order: list[str] | None = None, limit: int = 8) -> str:
-    """The trial's knobs, searched ones first in search-space order ("—" when it has none)."""
+def metric_cell(trial: TrialRecord, metric: str) -> str:
+    """A metric as the leaderboard shows it: shares of attacked examples with interval and n."""
+    share = stats.proportion(trial.metrics, metric)
+    return stats.format_proportion(share) if share else _fmt(trial.metrics.get(metric))
+
+
+def knob_text(trial: TrialRecord, order: list[str] | None = None) -> str:
+    """All of the trial's knobs, searched ones first in search-space order ("—" when none).
+
+    Nothing is cut: a configuration missing a knob cannot be reproduced from the table.
+    """
     first = [k for k in order or [] if k in trial.knobs]
     keys = first + [k for k in trial.knobs if k not in first]
-    return ", ".join(f"{k}={_fmt(trial.knobs[k])}" for k in keys[:limit]) or "—"
+    return ", ".join(f"{k}={_fmt(trial.knobs[k])}" for k in keys) or "—"
 
 
 def leaderboard_rows(records: SweepRecords) -> tuple[list[str], list[list[str]]]:
@@ -113,7 +125,7 @@ def leaderboard_rows(records: SweepRecords) -> tuple[list[str], list[list[str]]]
                 trial.method,
                 trial.label,
                 f"{c['FINISHED']}/{c['PRUNED']}/{c['FAILED']}",
-                *(_fmt(trial.metrics.get(k)) for k in columns),
+                *(metric_cell(trial, k) for k in columns),
                 knob_text(trial, [k for k, _ in records.knob_space.get(trial.method, [])]),
             ]
         )
@@ -134,8 +146,15 @@ def write_csv(path: Path, head: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
+def _fmt_metric(metric: str, value: float | None) -> str:
+    """Counts (``*_n/``, ``attack_examples/``) as integers, everything else like ``_fmt``."""
+    count = "_n/" in metric or metric.startswith(("attack_examples/", "proxy_attack_examples/"))
+    return str(round(value)) if count and value is not None else _fmt(value)
+
+
 def trials_table(records: SweepRecords) -> tuple[list[str], list[list[str]]]:
-    """Every trial with status, node, knobs and all metrics (trials.csv)."""
+    """Every trial with status, node, knobs and all metrics (trials.csv), including the n
+    and ``ci_low``/``ci_high`` of each robust accuracy and attack success rate."""
     metrics = sorted({k for t in records.trials for k in t.metrics})
     knobs = sorted({k for t in records.trials for k in t.knobs})
     head = ["trial_id", "label", "method", "status", "seed", "run_id", "node_id", *knobs, *metrics]
@@ -149,7 +168,7 @@ def trials_table(records: SweepRecords) -> tuple[list[str], list[list[str]]]:
             t.run_id or "",
             t.node_id or "",
             *(_fmt(t.knobs.get(k)) for k in knobs),
-            *(_fmt(t.metrics.get(k)) for k in metrics),
+            *(_fmt_metric(k, t.metrics.get(k)) for k in metrics),
         ]
         for t in records.trials
     ]

@@ -1,10 +1,15 @@
-"""Report figures: the clean-vs-robust Pareto plot and per-method knob plots (PNG, Agg)."""
+"""Report figures: the clean-vs-robust Pareto plot and per-method knob plots (PNG, Agg).
+
+The Pareto plot draws each robust share with its 95 % Wilson interval as an error bar (a point
+without its uncertainty invites reading noise as a ranking) and the ``rank_min`` floors.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from robustsweep.report import stats
 from robustsweep.report.pareto import pareto_front
 from robustsweep.report.records import SweepRecords, TrialRecord
 
@@ -49,6 +54,42 @@ def _scatter(ax: Any, trials: list[TrialRecord], x: str, y: str, **style: Any) -
         ax.scatter([t.metrics[x] for t in trials], [t.metrics[y] for t in trials], **style)
 
 
+def interval_errors(trials: list[TrialRecord], metric: str) -> list[list[float]] | None:
+    """[below, above] distances to each trial's Wilson bounds (0 where unknown), or None when
+    ``metric`` has no interval for any trial."""
+    shares = [stats.proportion(t.metrics, metric) for t in trials]
+    known = [s if s is not None and s.n > 0 else None for s in shares]
+    if not any(known):
+        return None
+    below = [s.value - s.low if s else 0.0 for s in known]
+    above = [s.high - s.value if s else 0.0 for s in known]
+    return [below, above]
+
+
+def _error_bars(ax: Any, trials: list[TrialRecord], x: str, y: str, color: Any) -> None:
+    """Wilson intervals of x and/or y as error bars behind the points."""
+    xerr, yerr = interval_errors(trials, x), interval_errors(trials, y)
+    if trials and (xerr or yerr):
+        ax.errorbar([t.metrics[x] for t in trials], [t.metrics[y] for t in trials], xerr=xerr,
+                    yerr=yerr, fmt="none", ecolor=color, elinewidth=0.8, alpha=0.45, zorder=2)
+
+
+def draw_floors(ax: Any, floors: dict[str, float], x: str, y: str) -> list[str]:
+    """Dotted ``rank_min`` lines on the plotted axes; returns the floors on other metrics."""
+    elsewhere = []
+    for metric, floor in floors.items():
+        label = f"rank_min: {metric} ≥ {floor:g}"
+        if metric == x:
+            ax.axvline(floor, color="tab:red", ls=":", lw=1.2, label=label, zorder=1)
+        elif metric == y:
+            ax.axhline(floor, color="tab:red", ls=":", lw=1.2, label=label, zorder=1)
+        else:
+            elsewhere.append(label)
+    for label in elsewhere:  # a legend line for floors that cannot be drawn here
+        ax.plot([], [], " ", label=f"{label} (not on these axes)")
+    return elsewhere
+
+
 def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialRecord]] | None:
     """Every trial in (x, y); the front of finished trials outlined and joined; pruned marked.
 
@@ -75,6 +116,7 @@ def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialReco
             if t.method == method and not t.finished and x in t.metrics and y in t.metrics
         ]
         marker = _MARKERS[i % len(_MARKERS)]
+        _error_bars(ax, done, x, y, colors[method])
         _scatter(ax, done, x, y, s=46, color=colors[method], marker=marker, label=method,
                  alpha=0.9, zorder=3)
         _scatter(ax, pruned, x, y, s=40, color=colors[method], marker="x", alpha=0.6, zorder=2,
@@ -107,9 +149,11 @@ def pareto_plot(records: SweepRecords, path: Path) -> tuple[Path, list[TrialReco
                 xytext=(6, 4),
                 fontsize=7,
             )
+    draw_floors(ax, records.rank_min, x, y)
     missing = sum(1 for t in records.trials if not (x in t.metrics and y in t.metrics))
     ax.set_xlabel(f"{x} ({modes[0]})")
-    ax.set_ylabel(f"{y} ({modes[1]})")
+    bars = ", bars: 95% Wilson" if interval_errors(finished, y) else ""
+    ax.set_ylabel(f"{y} ({modes[1]}{bars})")
     title = f"{records.name}: {len(records.trials)} trials, {len(front)} on the front"
     if missing:
         title += f", {missing} without both metrics (not shown)"
@@ -182,7 +226,9 @@ def knob_plot(records: SweepRecords, method: str, metrics: list[str], path: Path
                     alpha=alpha,
                     label="finished" if finished else "pruned/unfinished",
                 )
-            log = space[knob] if knob in space else _log_scale([float(v) for v in values])
+            # without a search space (a records dir) only numeric knobs can guess a log axis
+            log = space[knob] if knob in space else (
+                numeric and _log_scale([float(v) for v in values]))
             if numeric and log:
                 _log_axis(ax)
             if not numeric:

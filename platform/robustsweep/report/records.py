@@ -1,7 +1,10 @@
-"""Trial records for reports, from a sweep dir (results.json + manifest) or an MLflow parent run.
+"""Trial records for reports: from a sweep dir, a plain dir of results records, or MLflow.
 
 The sweep dir is the primary source (RobustBench-style: results as data), so a report can be
-built when MLflow is unreachable; from a parent run id the same records come from MlflowClient.
+built when MLflow is unreachable; from a parent run id the same records come from MlflowClient
+(each finished run's ``results.json`` artifact when it can be read). Every source only gathers
+``TrialSource``s; ``trial_record`` turns them into ``TrialRecord``s the one same way, so the
+report of a sweep reads the same whichever way it is asked for.
 """
 
 from __future__ import annotations
@@ -9,11 +12,16 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustsweep.errors import ConfigError
+from robustsweep.report.stats import complete_intervals
 from robustsweep.sweep import manifest as mf
 
 # Parent-run tags that carry the report settings (JSON values).
@@ -21,6 +29,11 @@ OBJECTIVES_TAG = "robustsweep.objectives"
 RANK_TAG = "robustsweep.rank_by"
 RANK_MIN_TAG = "robustsweep.rank_min"
 KNOBS_TAG = "robustsweep.knob_space"
+SWEEP_DIR_TAG = "robustsweep.sweep_dir"
+RESULTS_FILE = "results.json"
+TRAIN_PREFIX = "train."
+# Bookkeeping that Tune results carry but MLflow and results.json do not: never a metric.
+_NOT_METRICS = frozenset({"epoch"})
 # MLflow run status -> trial status, when no robustsweep.status tag says more.
 _RUN_TO_TRIAL = {
     "FINISHED": mf.FINISHED,
@@ -44,6 +57,10 @@ class TrialRecord:
     run_id: str | None = None
     optuna_trial: int | None = None
     node_id: str | None = None
+    # profile -> {"ids": [...], "outcomes": [...], "profile_hash": ...} (results.json only)
+    attack_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # config hash without the seed (results.json only): the same setup over several seeds
+    setup_hash: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -69,6 +86,7 @@ class SweepRecords:
     rank_min: dict[str, float] = field(default_factory=dict)
     # method -> [[knob, log scale], ...] in search-space order (empty: unknown)
     knob_space: dict[str, list] = field(default_factory=dict)
+    sweep_dir: str | None = None
 
     def mode_of(self, metric: str) -> str:
         return dict(self.objectives).get(metric, "min" if _lower_is_better(metric) else "max")
@@ -86,7 +104,82 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
         k: float(v)
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        and k not in _NOT_METRICS
     }
+
+
+# --------------------------------------------------------------------------------------------
+# One code path from whatever was loaded to a TrialRecord
+
+
+@dataclass
+class TrialSource:
+    """What a source knows about one trial, before it becomes a TrialRecord.
+
+    ``results`` (the trial's results.json) wins over everything else when present; ``train``
+    holds the trial's ``train.*`` settings, of which only the searched ones become knobs.
+    """
+
+    trial_id: str
+    method: str
+    status: str
+    results: dict[str, Any] | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    run_id: str | None = None
+    optuna_trial: int | None = None
+    node_id: str | None = None
+
+
+def canonical_knobs(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """All of a method's knobs, defaults filled and typed by its schema (as results.json has
+    them, keys sorted), so a run's params and its results record give the same knobs; as
+    given (sorted) when the schema rejects them."""
+    from robustsweep.errors import MethodError
+    from robustsweep.methods import registry
+
+    try:
+        full = registry.validate_knobs(method, knobs).model_dump(mode="json")
+    except (MethodError, ValueError, TypeError):
+        full = dict(knobs)
+    return dict(sorted(full.items()))
+
+
+def searched_train(knob_space: dict[str, list], method: str) -> list[str]:
+    """The ``train.*`` settings the sweep searched for ``method`` (the others are constants)."""
+    return [k for k, _ in knob_space.get(method, []) if k.startswith(TRAIN_PREFIX)]
+
+
+def trial_record(source: TrialSource, knob_space: dict[str, list]) -> TrialRecord:
+    """The TrialRecord of a source: results.json first, then what the sweep/MLflow recorded."""
+    results = source.results
+    method = (results or {}).get("method") or source.method
+    knobs = canonical_knobs(method, results.get("knobs", {}) if results else source.knobs)
+    knobs.update({k: source.train[k] for k in searched_train(knob_space, method)
+                  if k in source.train})
+    metrics = _finite(results.get("metrics", {}) if results else source.metrics)
+    return TrialRecord(
+        source.trial_id,
+        method,
+        mf.FINISHED if results is not None else source.status,
+        knobs=knobs,
+        metrics=complete_intervals(metrics),
+        seed=results.get("seed", source.seed) if results else source.seed,
+        run_id=(results or {}).get("run_id") or source.run_id,
+        optuna_trial=source.optuna_trial,
+        node_id=source.node_id,
+        attack_outcomes=dict((results or {}).get("attack_outcomes") or {}),
+        setup_hash=(results or {}).get("setup_hash"),
+    )
+
+
+def trial_records(sources: list[TrialSource], knob_space: dict[str, list]) -> list[TrialRecord]:
+    """TrialRecords in one order for every source: Optuna number, then trial id."""
+    ordered = sorted(sources, key=lambda s: (s.optuna_trial is None, s.optuna_trial or 0,
+                                             s.trial_id))
+    return [trial_record(s, knob_space) for s in ordered]
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,81 +207,110 @@ def report_tags(sweep: dict[str, Any], knob_space: dict[str, list]) -> dict[str,
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _dir_source(trial_id: str, entry: dict[str, Any], trial_dir: Path) -> TrialSource:
+    """A manifest entry plus the trial's results.json and trial.json (the job it trained)."""
+    params = entry.get("params", {})
+    trial_json = _read_json(trial_dir / "trial.json") or {}
+    job = trial_json.get("job") or {}
+    return TrialSource(
+        trial_id,
+        entry.get("method") or (job.get("method") or {}).get("name", "?"),
+        entry.get("status", mf.FINISHED),
+        results=_read_json(trial_dir / RESULTS_FILE),
+        knobs=(job.get("method") or {}).get("knobs") or entry.get("knobs", {}),
+        metrics=entry.get("metrics", {}),
+        train={k: v for k, v in params.items() if k.startswith(TRAIN_PREFIX)},
+        seed=entry["seed"] if entry.get("seed") is not None else job.get("seed"),
+        run_id=entry.get("run_id") or trial_json.get("mlflow_run_id"),
+        optuna_trial=entry.get("optuna_trial"),
+        node_id=entry.get("node_id"),
+    )
 
 
 def from_sweep_dir(sweep_dir: Path) -> SweepRecords:
     """Records from ``manifest.json`` and each trial's ``results.json`` (authoritative)."""
     manifest = mf.Manifest.load(sweep_dir)
     objectives, rank_by, rank_min = _settings(manifest.data["job"].get("sweep") or {})
-    trials: list[TrialRecord] = []
-    seen: set[str] = set()
-    for trial_id, entry in manifest.trials.items():
-        seen.add(trial_id)
-        params = entry.get("params", {})
-        train_knobs = {k: v for k, v in params.items() if k.startswith("train.")}
-        results = _read_json(manifest.trial_dir(trial_id) / "results.json")
-        trial_json = _read_json(manifest.trial_dir(trial_id) / "trial.json") or {}
-        run_id = entry.get("run_id") or trial_json.get("mlflow_run_id")
-        if results is not None:
-            trials.append(
-                TrialRecord(
-                    trial_id,
-                    results.get("method") or entry.get("method", "?"),
-                    mf.FINISHED,
-                    knobs={**results.get("knobs", {}), **train_knobs},
-                    metrics=_finite(results.get("metrics", {})),
-                    seed=results.get("seed"),
-                    run_id=results.get("run_id") or run_id,
-                    optuna_trial=entry.get("optuna_trial"),
-                    node_id=entry.get("node_id"),
-                )
-            )
-        else:
-            trials.append(
-                TrialRecord(
-                    trial_id,
-                    entry.get("method", "?"),
-                    entry["status"],
-                    knobs={**entry.get("knobs", {}), **train_knobs},
-                    metrics=_finite(entry.get("metrics", {})),
-                    seed=entry.get("seed"),
-                    run_id=run_id,
-                    optuna_trial=entry.get("optuna_trial"),
-                    node_id=entry.get("node_id"),
-                )
-            )
+    knob_space = manifest.data.get("knob_space", {})
+    sources = [
+        _dir_source(trial_id, entry, manifest.trial_dir(trial_id))
+        for trial_id, entry in manifest.trials.items()
+    ]
     # Trials Tune lost track of (driver killed before it saved state) still count if they ended.
-    for results_file in sorted((manifest.sweep_dir / "trials").glob("*/results.json")):
-        trial_id = results_file.parent.name
-        results = _read_json(results_file)
-        if trial_id in seen or results is None:
-            continue
-        trials.append(
-            TrialRecord(
-                trial_id,
-                results.get("method", "?"),
-                mf.FINISHED,
-                knobs=results.get("knobs", {}),
-                metrics=_finite(results.get("metrics", {})),
-                seed=results.get("seed"),
-                run_id=results.get("run_id"),
-            )
-        )
+    for results_file in sorted((manifest.sweep_dir / "trials").glob(f"*/{RESULTS_FILE}")):
+        if results_file.parent.name not in manifest.trials:
+            source = _dir_source(results_file.parent.name, {}, results_file.parent)
+            if source.results is not None:
+                sources.append(source)
     name = manifest.data["job"].get("name", manifest.sweep_dir.name)
     return SweepRecords(
         name,
-        trials,
+        trial_records(sources, knob_space),
         objectives,
         rank_by,
         source=str(manifest.sweep_dir),
         parent_run_id=manifest.parent_run_id,
         tracking_uri=manifest.tracking_uri,
         rank_min=rank_min,
-        knob_space=manifest.data.get("knob_space", {}),
+        knob_space=knob_space,
+        sweep_dir=str(manifest.sweep_dir),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# From a plain directory of results records
+
+
+def is_results_record(data: dict[str, Any]) -> bool:
+    """A results record as finish_trial writes it (not a manifest, trial.json or config)."""
+    return isinstance(data.get("method"), str) and isinstance(data.get("metrics"), dict) \
+        and isinstance(data.get("knobs", {}), dict)
+
+
+def _record_sources(root: Path, skip: Path | None) -> list[TrialSource]:
+    """One source per results record under ``root`` (files ``*.json``, any depth)."""
+    sources: list[TrialSource] = []
+    seen: set[tuple[Any, ...]] = set()
+    for path in sorted(root.rglob("*.json")):
+        if skip is not None and skip in path.parents:
+            continue
+        data = _read_json(path)
+        if data is None or not is_results_record(data):
+            continue
+        identity = (data.get("trial_id"), data.get("run_id"), data.get("finished_at"))
+        if identity in seen:  # the same record copied twice (records dir + sweep dir)
+            continue
+        seen.add(identity)
+        trial_id = str(data.get("trial_id") or path.relative_to(root).with_suffix(""))
+        if any(s.trial_id == trial_id for s in sources):
+            trial_id = str(path.relative_to(root).with_suffix(""))
+        sources.append(TrialSource(trial_id, data["method"], mf.FINISHED, results=data))
+    return sources
+
+
+def _records_settings(trials: list[TrialRecord]) -> tuple[list[tuple[str, str]], str]:
+    """Without a sweep config: clean accuracy and the first robust accuracy, ranked by the
+    latter (clean accuracy when no record was attacked)."""
+    robust = sorted({k for t in trials for k in t.metrics if k.startswith("robust_accuracy/")})
+    objectives = [("clean_accuracy", "max")] + ([(robust[0], "max")] if robust else [])
+    return objectives, objectives[-1][0]
+
+
+def from_records_dir(root: Path, skip: Path | None = None) -> SweepRecords:
+    """Records from every results record under ``root`` (e.g. ``results/reproduce_mr``)."""
+    sources = _record_sources(root, skip)
+    if not sources:
+        raise ConfigError(f"{root}: no sweep manifest and no results records (*.json) in it")
+    trials = trial_records(sources, {})
+    objectives, rank_by = _records_settings(trials)
+    return SweepRecords(root.name, trials, objectives, rank_by, source=str(root),
+                        sweep_dir=str(root))
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,6 +322,61 @@ def _param_value(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _run_status(run: Any) -> str:
+    tag = run.data.tags.get("robustsweep.status", "").upper()  # pruned/failed/interrupted/orphaned
+    if tag:
+        return tag if tag in (mf.PRUNED, mf.FAILED, mf.INTERRUPTED) else mf.INTERRUPTED
+    return _RUN_TO_TRIAL.get(run.info.status, mf.RUNNING)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar per downloaded record (one per trial floods the terminal)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _run_results(client: Any, run_id: str) -> dict[str, Any] | None:
+    """The run's results.json artifact (what finish_trial logged), or None."""
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        try:
+            if RESULTS_FILE not in {a.path for a in client.list_artifacts(run_id)}:
+                return None
+            path = client.download_artifacts(run_id, RESULTS_FILE, tmp)
+        except Exception:  # noqa: BLE001 - unreachable artifact store: fall back to params
+            return None
+        data = _read_json(Path(path))
+    return data if data is not None and is_results_record(data) else None
+
+
+def _run_source(client: Any, run: Any) -> TrialSource:
+    """A child run's tags, params, metrics and results.json artifact."""
+    tags, params = run.data.tags, run.data.params
+    number = tags.get("robustsweep.optuna_trial")
+    return TrialSource(
+        tags.get("robustsweep.trial_id", run.info.run_id[:8]),
+        tags.get("robustsweep.method") or params.get("method.name", "?"),
+        _run_status(run),
+        results=_run_results(client, run.info.run_id),
+        knobs={k.removeprefix("method.knobs."): _param_value(v)
+               for k, v in params.items() if k.startswith("method.knobs.")},
+        metrics=dict(run.data.metrics),
+        train={k: _param_value(v) for k, v in params.items() if k.startswith(TRAIN_PREFIX)},
+        seed=int(params["seed"]) if params.get("seed", "").lstrip("-").isdigit() else None,
+        run_id=run.info.run_id,
+        optuna_trial=int(number) if number and number.isdigit() else None,
+        node_id=tags.get("robustsweep.node_id"),
+    )
 
 
 def from_mlflow(parent_run_id: str, tracking_uri: str) -> SweepRecords:
@@ -221,58 +398,30 @@ def from_mlflow(parent_run_id: str, tracking_uri: str) -> SweepRecords:
     objectives = [tuple(o) for o in json.loads(tags.get(OBJECTIVES_TAG, "[]"))] or [
         ("clean_accuracy", "max")
     ]
-    trials = []
-    for run in children:
-        run_tags, params = run.data.tags, run.data.params
-        knobs = {
-            k.removeprefix("method.knobs."): _param_value(v)
-            for k, v in params.items()
-            if k.startswith("method.knobs.")
-        }
-        knobs.update({k: _param_value(v) for k, v in params.items() if k.startswith("train.")})
-        tag = run_tags.get("robustsweep.status", "").upper()  # pruned/failed/interrupted/orphaned
-        if tag:
-            status = tag if tag in (mf.PRUNED, mf.FAILED, mf.INTERRUPTED) else mf.INTERRUPTED
-        else:
-            status = _RUN_TO_TRIAL.get(run.info.status, mf.RUNNING)
-        number = run_tags.get("robustsweep.optuna_trial")
-        trials.append(
-            TrialRecord(
-                run_tags.get("robustsweep.trial_id", run.info.run_id[:8]),
-                run_tags.get("robustsweep.method") or params.get("method.name", "?"),
-                status,
-                knobs=knobs,
-                metrics=_finite(dict(run.data.metrics)),
-                seed=int(params["seed"]) if "seed" in params else None,
-                run_id=run.info.run_id,
-                optuna_trial=int(number) if number and number.isdigit() else None,
-                node_id=run_tags.get("robustsweep.node_id"),
-            )
-        )
-    trials.sort(
-        key=lambda t: (t.optuna_trial if t.optuna_trial is not None else 1 << 30, t.trial_id)
-    )
-    name = parent.data.tags.get("mlflow.runName", parent_run_id).removesuffix("-sweep")
+    knob_space = json.loads(tags.get(KNOBS_TAG, "{}"))
+    name = tags.get("mlflow.runName", parent_run_id).removesuffix("-sweep")
     return SweepRecords(
         name,
-        trials,
+        trial_records([_run_source(client, run) for run in children], knob_space),
         objectives,
         tags.get(RANK_TAG) or objectives[0][0],
         source=f"MLflow run {parent_run_id}",
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
         rank_min=json.loads(tags.get(RANK_MIN_TAG, "{}")),
-        knob_space=json.loads(tags.get(KNOBS_TAG, "{}")),
+        knob_space=knob_space,
+        sweep_dir=tags.get(SWEEP_DIR_TAG),
     )
 
 
-def load(target: str, tracking_uri: str | None = None) -> SweepRecords:
-    """A sweep dir, or an MLflow parent run id (with ``tracking_uri`` or MLFLOW_TRACKING_URI)."""
-    import os
-
+def load(target: str, tracking_uri: str | None = None, skip: Path | None = None) -> SweepRecords:
+    """A sweep dir, a dir of results records, or an MLflow parent run id (with
+    ``tracking_uri`` or MLFLOW_TRACKING_URI). ``skip``: a folder of a records dir to ignore."""
     path = Path(target).expanduser()
-    if path.is_dir():
+    if (path / mf.MANIFEST_FILE).is_file():
         return from_sweep_dir(path.resolve())
+    if path.is_dir():
+        return from_records_dir(path.resolve(), skip)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ConfigError(

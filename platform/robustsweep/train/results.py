@@ -1,7 +1,8 @@
 """The end of a trial on rank 0: final evaluation, one results record, MLflow artifacts.
 
 Each finished trial writes ``results.json`` (RobustBench-style: metrics, knobs, config hash,
-git SHA, seed, history), so reports can be built even when MLflow is unreachable.
+git SHA, seed, history, and per attack profile the outcome of every example by id), so reports
+can be built even when MLflow is unreachable and two trials can be compared example by example.
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ RESULTS_FILE = "results.json"
 _HASHED_SECTIONS = ("seed", "data", "model", "method", "train", "eval")
 
 
-def config_hash(cfg: JobConfig) -> str:
+def config_hash(cfg: JobConfig, sections: tuple[str, ...] = _HASHED_SECTIONS) -> str:
     """Short hash of the parts of a config that change results."""
     dumped = cfg.model_dump(mode="json")
-    canonical = json.dumps({k: dumped[k] for k in _HASHED_SECTIONS}, sort_keys=True)
+    canonical = json.dumps({k: dumped[k] for k in sections}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def setup_hash(cfg: JobConfig) -> str:
+    """``config_hash`` without the seed: the trials of one setup over several seeds share it,
+    so reports can aggregate over seeds even when train settings are not among the knobs."""
+    return config_hash(cfg, tuple(s for s in _HASHED_SECTIONS if s != "seed"))
 
 
 def git_sha() -> str:
@@ -40,10 +47,16 @@ def git_sha() -> str:
         return "unknown"
 
 
+def profiles_measured(metrics: dict[str, Any]) -> list[str]:
+    """Attack profiles the final evaluation reported (stale tables of other profiles are left)."""
+    return sorted(k.split("/", 1)[1] for k in metrics if k.startswith("robust_accuracy/"))
+
+
 def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, out: Path,
                  payload: dict[str, Any]) -> dict[str, Any]:
     """Run the final evaluation suite, write results.json, log everything to MLflow."""
     from robustsweep.evaluate import suite
+    from robustsweep.evaluate.outcomes import attack_outcomes
 
     artifacts_dir = out / "artifacts"
     final = {k: v for k, v in state.history[-1].items() if k != "epoch"} if state.history else {}
@@ -59,11 +72,14 @@ def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, o
         "knobs": method.knobs.model_dump(mode="json"),
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
+        "setup_hash": setup_hash(cfg),
         "git_sha": payload.get("git_sha") or git_sha(),
         "epochs": state.epoch,
         "metrics": final,
         "history": state.history,
         "data_stats": task.stats,
+        # per profile {"ids", "outcomes", "profile_hash"}: what paired comparisons pair on
+        "attack_outcomes": attack_outcomes(artifacts_dir / "attacks", profiles_measured(extra)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out.mkdir(parents=True, exist_ok=True)
