@@ -118,3 +118,16 @@ def test_records_dir_skips_recorded_cells(tmp_path: Path):
     (records / "junk.json").write_text("not json")
     pending = collect.pending_cells(base, cells, records)
     assert [(c.method, c.seed) for c in pending] == [("vanilla", 0), ("pgd", 0), ("vanilla", 1)]
+
+
+def test_config_hash_ignores_values_equal_to_the_defaults():
+    """A records dir stays valid when the schema gains a field with a default."""
+    from robustsweep.config import TrainConfig
+    from robustsweep.train.results import config_hash
+
+    raw = {"name": "h", "data": {"source": "builtin:mr"}, "model": {"source": "builtin:minilm"}}
+    default_epochs = TrainConfig.model_fields["epochs"].default
+    plain = validate_job(raw, origin="t")
+    spelled = validate_job({**raw, "train": {"epochs": default_epochs}}, origin="t")
+    other = validate_job({**raw, "train": {"epochs": default_epochs + 1}}, origin="t")
+    assert config_hash(plain) == config_hash(spelled) != config_hash(other)

@@ -25,9 +25,14 @@ _HASHED_SECTIONS = ("seed", "data", "model", "method", "train", "eval")
 
 
 def config_hash(cfg: JobConfig, sections: tuple[str, ...] = _HASHED_SECTIONS) -> str:
-    """Short hash of the parts of a config that change results."""
-    dumped = cfg.model_dump(mode="json")
-    canonical = json.dumps({k: dumped[k] for k in sections}, sort_keys=True)
+    """Short hash of the parts of a config that change results.
+
+    Only values that differ from the schema's defaults are hashed, so a new config field with
+    a default leaves every earlier hash (and a records dir of a long study) valid; the cost is
+    that changing a default does not change the hash of jobs that relied on it.
+    """
+    dumped = cfg.model_dump(mode="json", exclude_defaults=True)
+    canonical = json.dumps({k: dumped.get(k) for k in sections}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
