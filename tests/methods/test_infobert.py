@@ -128,3 +128,65 @@ def test_critic_in_state_dict_round_trip() -> None:
     assert method.passes_per_step() == pytest.approx(5.0)  # K = 3 passes, each with 2 backwards
     no_anchor, _ = build("infobert", {"alpha_anchor": 0.0})
     assert no_anchor.passes_per_step() == 3.0
+
+
+# ---- signs of the two regularisers against a hand computation ----------------------------------
+def seed_like_the_step(seed: int) -> None:
+    """Put the global RNG where ``training_step`` draws π (zero init draws nothing; the dropout
+    seed is drawn next; the forward runs in a forked RNG)."""
+    torch.manual_seed(seed)
+    torch.randint(0, 2**31 - 1, (1,))
+
+
+def test_ib_term_is_added_with_weight_beta() -> None:
+    """Gradient = ∇[CE + β·IB(H0)] (K = 1, δ0 = 0): the IB upper bound is *minimised*."""
+    beta = 2.0
+    method, adapter = build("infobert", {"alpha_anchor": 0.0, "beta_ib": beta, "adv_steps": 1,
+                                         "adv_init_mag": 0.0})
+    batch = make_batch()
+    torch.manual_seed(3)
+    method.training_step(batch)
+    got = grads(adapter)
+    out = adapter.forward(batch, output_hidden_states=True)
+    ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+    seed_like_the_step(3)
+    (ce + beta * infobert.ib_upper_bound(out.hidden_states[0], batch["attention_mask"])).backward()
+    assert max_grad_diff(got, grads(adapter)) < 1e-6
+    _, plain = vanilla(adapter, batch)
+    assert max_grad_diff(got, plain) > 1e-3  # the term matters at this β
+
+
+def test_anchored_term_is_subtracted_with_weight_alpha() -> None:
+    """Gradient (model and critic) = ∇[CE − α·LB] (K = 1, δ0 = 0): the InfoNCE lower bound on
+    the anchored (token, [CLS]) pairs is *maximised*, for the critic and the encoder alike."""
+    alpha = 0.5
+    method, adapter = build("infobert", {"alpha_anchor": alpha, "beta_ib": 0.0, "adv_steps": 1,
+                                         "adv_init_mag": 0.0})
+    batch = make_batch(batch_size=6)
+    critic = method.critic
+    torch.manual_seed(3)
+    method.training_step(batch)
+    got = grads(adapter)
+    got_critic = [p.grad.clone() for p in critic.parameters()]
+    critic.zero_grad(set_to_none=True)
+
+    delta = torch.zeros(*batch["input_ids"].shape, 32, requires_grad=True)
+    out = adapter.forward(batch, word_embeds=adapter.word_embeddings(batch["input_ids"]) + delta,
+                          output_hidden_states=True)
+    ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+    (g,) = torch.autograd.grad(ce, delta, retain_graph=True)
+    selected = infobert.anchored_positions(g.norm(dim=-1), batch["attention_mask"], 0.5, 0.9)
+    rows, cols = selected.nonzero(as_tuple=True)
+    order = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(0))
+    local = out.hidden_states[0][rows[order], cols[order]]
+    glob = out.hidden_states[-1][:, 0][rows[order]]
+    size = batch["input_ids"].shape[0]
+    chunks = [infobert.infonce_lower_bound(critic, local[s:s + size], glob[s:s + size])
+              for s in range(0, rows.numel(), size)]
+    assert len(chunks) > 1  # several chunks: the mean over chunks is exercised
+    (ce - alpha * torch.stack(chunks).mean()).backward()
+    assert max_grad_diff(got, grads(adapter)) < 1e-6
+    for mine, want in zip(got_critic, critic.parameters()):
+        torch.testing.assert_close(mine, want.grad, atol=1e-7, rtol=1e-5)
+    _, plain = vanilla(adapter, batch)
+    assert max_grad_diff(got, plain) > 1e-4  # the term matters at this α

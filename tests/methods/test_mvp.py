@@ -45,11 +45,18 @@ def reference_mlm(method: MVP) -> BertForMaskedLM:
     return mlm
 
 
-def hand_templated(ids: list[int], template: str) -> tuple[list[int], int]:
-    """[CLS] T text [SEP] or [CLS] text T [SEP], built from the template words by hand."""
+def hand_tokens(template: str) -> tuple[list[int], bool]:
+    """Template word ids and whether it is appended; a leading "[SEP]" is the append marker
+    only and is dropped, as acmi-lab/mvp's ``insert_tokenized_prompts`` does."""
     words = template.split()
     append = words[0] == "[SEP]"
-    tpl = [SEP if w == "[SEP]" else MASK if w == "[MASK]" else TOK._id(w) for w in words]
+    words = words[1:] if append else words
+    return [SEP if w == "[SEP]" else MASK if w == "[MASK]" else TOK._id(w) for w in words], append
+
+
+def hand_templated(ids: list[int], template: str) -> tuple[list[int], int]:
+    """[CLS] T text [SEP] or [CLS] text T [SEP], built from the template words by hand."""
+    tpl, append = hand_tokens(template)
     body = ids[1:-1]
     row = [ids[0], *body, *tpl, ids[-1]] if append else [ids[0], *tpl, *body, ids[-1]]
     return row, row.index(MASK)
@@ -121,7 +128,7 @@ def test_template_insertion_keeps_template_and_clips_text() -> None:
         b, t = divmod(r, 4)
         n = int(templated["attention_mask"][r].sum())
         row = templated["input_ids"][r, :n].tolist()
-        tpl = [SEP if w == "[SEP]" else MASK if w == "[MASK]" else TOK._id(w) for w in TEMPLATES[t].split()]
+        tpl, _ = hand_tokens(TEMPLATES[t])
         assert row.count(MASK) == 1 and row[int(templated["mask_pos"][r])] == MASK
         assert n == min(13, 10 + len(tpl)) and row[0] == CLS and row[-1] == SEP
         text = batch["input_ids"][b, 1:9].tolist()
@@ -130,6 +137,27 @@ def test_template_insertion_keeps_template_and_clips_text() -> None:
             assert row[1:-1] == text[:kept] + tpl
         else:
             assert row[1:-1] == tpl + text[:kept]
+
+
+def test_each_template_gives_the_official_token_sequence() -> None:
+    """The exact rows of acmi-lab/mvp: a leading [SEP] only means "append", so an appended
+    template ends in [MASK] [SEP], with no separator between the text and the template."""
+    method = make_mvp()
+    batch = make_batch(batch_size=1, length=6, seed=11)
+    batch["attention_mask"][:] = 1
+    batch["input_ids"][0, -1] = SEP
+    text = batch["input_ids"][0, 1:-1].tolist()
+    templated, _ = method.templated(batch)
+    rows = [r[:int(m.sum())] for r, m in zip(templated["input_ids"].tolist(), templated["attention_mask"])]
+    ids = TOK._id
+    assert rows == [
+        [CLS, ids("it"), ids("was"), MASK, ids("."), *text, SEP],
+        [CLS, *text, ids("so"), MASK, SEP],
+        [CLS, MASK, ids("film"), *text, SEP],
+        [CLS, *text, ids("the"), ids("film"), ids("is"), MASK, SEP],
+    ]
+    assert templated["mask_pos"].tolist() == [r.index(MASK) for r in rows]
+    assert [t.append for t in method.templates] == [False, True, False, True]
 
 
 def test_adv_eps_zero_equals_plain_mvp_and_ascent_raises_the_loss() -> None:

@@ -72,3 +72,32 @@ def test_ascent_phase_writes_no_parameter_gradients() -> None:
 
 def test_cost_is_k_plus_one() -> None:
     assert build("pgd", {"adv_steps": 5}).passes_per_step() == 6
+
+
+@pytest.mark.parametrize("clean_weight", [0.0, 0.3])
+def test_update_uses_the_final_iterate_and_the_clean_weight(monkeypatch, clean_weight: float) -> None:
+    """Gradient = ∇[w·CE(f(W(x))) + (1 − w)·CE(f(W(x) + δ_K))] with δ_K the last ascent iterate:
+    fails for a step that trains on clean inputs, on an earlier iterate, or ignores w."""
+    adapter, batch = make_tiny_adapter(), make_batch()
+    iterates: list[torch.Tensor] = []
+    monkeypatch.setattr(pgd_module, "ascent_step", recording(perturb.ascent_step, iterates))
+    method = build("pgd", {"adv_steps": 3, "adv_lr": 0.5, "adv_max_norm": 1.0,
+                           "clean_weight": clean_weight})
+    method.setup(adapter)
+    method.training_step(batch)
+    got = grads(adapter.core)
+    assert len(iterates) == 3
+
+    def hand_grads(delta: torch.Tensor, w: float) -> dict[str, torch.Tensor]:
+        adapter.core.zero_grad(set_to_none=True)
+        words = adapter.word_embeddings(batch["input_ids"])
+        adv = F.cross_entropy(adapter.logits(batch, word_embeds=words + delta), batch["labels"])
+        clean = F.cross_entropy(adapter.logits(batch), batch["labels"])
+        (w * clean + (1 - w) * adv).backward()
+        return grads(adapter.core)
+
+    assert_grads_close(got, hand_grads(iterates[-1], clean_weight))
+    others = [hand_grads(iterates[-2], clean_weight), hand_grads(torch.zeros_like(iterates[-1]), 0.0),
+              hand_grads(iterates[-1], 0.3 - clean_weight)]  # δ_{K−1}, clean only, other weight
+    for other in others:
+        assert max((got[n] - other[n]).abs().max().item() for n in got) > 1e-4

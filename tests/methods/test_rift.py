@@ -284,3 +284,84 @@ def test_builtin_encoder_synonyms_lose_antonyms_and_function_words() -> None:
     assert table.shape == raw.shape
     assert table[good].tolist()[:2] == [excellent, great] and bad not in table[good].tolist()
     assert (table[the] < 0).all()
+
+
+# ---- the loss against a hand computation -------------------------------------------------------
+def hand_candidate_eo(adapter, batch: dict, cands: rift.Candidates) -> torch.Tensor:
+    """E(s_ik) at position i, with gradient (dropout off in these tests)."""
+    return torch.stack([embedding_output(adapter, batch, cands.ids[..., k])
+                        for k in range(cands.ids.shape[-1])], dim=2)
+
+
+@pytest.mark.parametrize(("w_kl", "w_mi"), [(3.0, 0.0), (0.0, 1.0), (3.0, 1.0)])
+def test_gradient_equals_the_hand_written_rift_loss(monkeypatch, w_kl: float, w_mi: float) -> None:
+    """∇ of w_clean·CE(f(x)) + w_kl·KL(p(x) ‖ p(ê)) + w_mi·(1/C)Σ_c InfoNCE_c(g_c(h(ê)), g'_c(t(x))),
+    with ê the ASCC hull the step found: fails if the KL term is dropped or if the student
+    features are not those of the adversarial input."""
+    method, adapter = set_up({"w_kl": w_kl, "w_mi": w_mi, "w_clean": 0.5})
+    batch = make_batch(batch_size=8, seed=3)
+    batch["labels"] = torch.tensor([0, 1, 0, 1, 0, 1, 1, 0])
+    found: list[torch.Tensor] = []
+    real_ascc = method.ascc
+
+    def spy(*args, **kwargs):
+        weights, kl_init = real_ascc(*args, **kwargs)
+        found.append(weights)
+        return weights, kl_init
+
+    monkeypatch.setattr(method, "ascc", spy)
+    torch.manual_seed(5)
+    method.training_step(batch)
+    got_model, got_heads = grads(adapter), [p.grad.clone() if p.grad is not None else
+                                            torch.zeros_like(p) for p in method.extra_parameters()]
+    for p in method.extra_parameters():
+        p.grad = None
+
+    cands = method.candidates(batch)
+    hull = rift.hull_embedding(found[0], hand_candidate_eo(adapter, batch, cands))
+    logits = adapter.logits(batch)
+    adv = eo_forward(adapter, batch, hull, output_hidden_states=True)
+    ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    kl = kl_per_example(logits, adv.logits).mean()
+    student = adv.hidden_states[-1][:, 0]
+    with torch.no_grad():
+        teacher = method.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 token_type_ids=batch["token_type_ids"]).last_hidden_state[:, 0]
+    mi = torch.stack([rift.info_nce(method.student_heads[c](student[batch["labels"] == c]),
+                                    method.teacher_heads[c](teacher[batch["labels"] == c]), 0.2)
+                      for c in (0, 1)]).mean()
+    (0.5 * ce + w_kl * kl + w_mi * mi).backward()
+    want_model = grads(adapter)
+    want_heads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in method.extra_parameters()]
+    assert max_grad_diff(got_model, want_model) < 1e-6
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got_heads, want_heads))
+
+    adapter.core.zero_grad(set_to_none=True)
+    (0.5 * torch.nn.functional.cross_entropy(adapter.logits(batch), batch["labels"])).backward()
+    assert max_grad_diff(want_model, grads(adapter)) > 1e-4  # the extra terms are not negligible
+
+
+def test_adversarial_branch_is_embedded_with_dropout(monkeypatch) -> None:
+    """The trained adversarial forward re-embeds the candidates in train mode (official
+    ``comb_w_to_logit``), so its embedding output carries dropout; the attack's does not."""
+    method, adapter = set_up({"w_mi": 0.0}, dropout=0.3)
+    method.synonyms = torch.full_like(method.synonyms, -1)  # ê = E(x): only dropout can differ
+    batch = make_batch(batch_size=6, seed=2)
+    fed: list[torch.Tensor] = []
+    real_eo_forward = rift.eo_forward
+
+    def spy(adapter_, batch_, eo, **kwargs):
+        fed.append(eo.detach().clone())
+        return real_eo_forward(adapter_, batch_, eo, **kwargs)
+
+    monkeypatch.setattr(rift, "eo_forward", spy)
+    method.training_step(batch)
+    attack, trained = fed[0], fed[-1]
+    adapter.model.eval()
+    with torch.no_grad():
+        clean_eo = embedding_output(adapter, batch)
+    torch.testing.assert_close(attack, clean_eo)  # ASCC: no dropout
+    zeros = (trained == 0).float().mean().item()
+    assert zeros == pytest.approx(0.3, abs=0.05)  # the trained branch: dropout p = 0.3
+    kept = trained != 0
+    torch.testing.assert_close(trained[kept], clean_eo[kept] / 0.7)

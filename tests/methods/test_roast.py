@@ -257,6 +257,30 @@ def test_mask_is_constant_within_an_epoch_and_changes_across_epochs() -> None:
     assert any(not torch.equal(method.mask[n], first[n]) for n in first)
 
 
+def test_epoch_mask_is_sampled_from_the_accumulated_squared_gradients() -> None:
+    """The end-of-epoch mask equals one drawn by hand, with the same sampler state, from
+    mean_steps (∂L_RoAST/∂p)² taken before masking: fails when the scores are not accumulated
+    and the mask is only resampled."""
+    method, adapter = build("roast", task=make_tiny_task())
+    optimizer = torch.optim.AdamW(adapter.core.parameters(), lr=1e-3)
+    squares = {n: torch.zeros_like(p) for n, p in method.masked.items()}
+    for seed in range(3):
+        method.training_step(make_batch(seed=seed))
+        for n, p in method.masked.items():
+            squares[n] += p.grad.square()
+        method.before_optimizer_step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sampler = torch.Generator().manual_seed(0)
+    sampler.set_state(method.generator.get_state())
+    method.on_epoch_end(1)
+    names = list(method.masked)
+    ranks = roast.relative_ranks([squares[n] / 3 for n in names])
+    for name, r in zip(names, ranks):
+        pi = roast.keep_probability(r, 0.9, 10.0)
+        torch.testing.assert_close(method.mask[name], roast.sample_mask(pi, True, sampler), msg=name)
+
+
 def test_state_dict_round_trip_restores_mask_and_sampler() -> None:
     method, _ = build("roast", task=make_tiny_task())
     method.fisher_sum = {n: torch.rand_like(s) for n, s in method.fisher_sum.items()}

@@ -105,6 +105,39 @@ def test_everything_off_is_the_plain_model() -> None:
             torch.testing.assert_close(got[name], param.grad)
 
 
+def test_training_forward_carries_the_hidden_layer_noise() -> None:
+    """Gradient = ∇CE of the model with h_i + σ·ε_i at layers 0 and 3 (i % 3 == 0), the ε drawn
+    in layer order from the global RNG: fails when training runs without the noise."""
+    sigma = 0.5
+    method = make_rsmi(noise_sigma=sigma, multi_mask=0, w_gn=0.0)  # no saliency: noise only
+    batch = make_batch(seed=2)
+    core = method.adapter.core.train()
+    torch.manual_seed(4)
+    method.training_step(batch)
+    got = {n: p.grad.clone() for n, p in core.named_parameters() if p.grad is not None}
+
+    def add_noise(_module, _args, out):
+        return (out[0] + sigma * torch.randn_like(out[0]), *out[1:]) if isinstance(out, tuple) \
+            else out + sigma * torch.randn_like(out)
+
+    def hand_grads(noisy: bool) -> dict[str, torch.Tensor]:
+        core.zero_grad(set_to_none=True)
+        layers = [core.bert.encoder.layer[i] for i in (0, 3)] if noisy else []
+        handles = [layer.register_forward_hook(add_noise) for layer in layers]
+        torch.manual_seed(4)
+        logits = core(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+        F.cross_entropy(logits, batch["labels"]).backward()
+        for handle in handles:
+            handle.remove()
+        return {n: p.grad.clone() for n, p in core.named_parameters() if p.grad is not None}
+
+    want, plain = hand_grads(True), hand_grads(False)
+    assert got.keys() == want.keys()
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, msg=name)
+    assert max((want[n] - plain[n]).abs().max().item() for n in want) > 1e-3  # noise matters
+
+
 @pytest.mark.parametrize(("knobs", "layers"), [
     ({"nth_layers": 3}, {0, 3}),
     ({"nth_layers": 2}, {0, 2}),

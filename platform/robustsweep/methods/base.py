@@ -4,7 +4,7 @@ The train loop, evaluation and attacks call only these hooks, so an inference-ti
 (RSMI's smoothing, MVP's prompts) is trained *and attacked* through its real code path.
 
 Loop order per optimizer step (fixed): ``training_step`` (does its own backward) ->
-``before_optimizer_step`` -> clip -> ``optimizer.step`` -> ``scheduler.step`` ->
+``before_optimizer_step`` -> clip (``clipped_parameters``) -> ``optimizer.step`` -> ``scheduler.step`` ->
 ``after_optimizer_step`` -> ``zero_grad``. ``on_epoch_end`` runs after the last step of an epoch.
 """
 
@@ -51,6 +51,10 @@ class RobustMethod:
     # RoAST rescales kept gradients by 1/keep-probability; a global clip would be dominated by
     # those entries, so such methods opt out of the loop's gradient clipping.
     supports_grad_clipping: ClassVar[bool] = True
+    # Whether the clip norm also covers ``extra_parameters()``. InfoBERT's official trainer
+    # clips the model only, not its MI critic, so a large critic gradient never shrinks the
+    # model's update; such methods set this False.
+    clips_extra_parameters: ClassVar[bool] = True
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.knobs = knobs if knobs is not None else self.knobs_class()
@@ -92,6 +96,13 @@ class RobustMethod:
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters outside the classifier (critics, heads): go to the optimizer."""
         return []
+
+    def clipped_parameters(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The part of the optimizer's ``params`` whose joint gradient norm the loop clips."""
+        if self.clips_extra_parameters:
+            return params
+        extra = {id(p) for p in self.extra_parameters()}
+        return [p for p in params if id(p) not in extra]
 
     def state_dict(self) -> dict[str, Any]:
         """Method state for checkpoints (tensors, numbers, strings only: weights_only loads)."""

@@ -112,6 +112,7 @@ class InfoBERT(RobustMethod):
     paper = "Wang et al. ICLR 2021"
     knobs_class = InfoBERTKnobs
     knobs: InfoBERTKnobs
+    clips_extra_parameters = False  # official trainer: clip_grad_norm_(model.parameters()) only
 
     def __init__(self, knobs: InfoBERTKnobs | None = None) -> None:
         super().__init__(knobs)

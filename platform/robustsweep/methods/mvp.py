@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEAD_ATTR = "mvp_mlm_head"
-# The official SST-2 templates; a leading [SEP] means "append after the text".
+# The official SST-2 templates; a leading [SEP] means "append after the text" (it is a marker,
+# not a token: [CLS] text [MASK] [SEP]).
 SST2_TEMPLATES: tuple[str, ...] = (
     "Sentiment of the statement is [MASK] .",
     "[SEP] [MASK]",
@@ -89,7 +90,8 @@ class MVPKnobs(Knobs):
 
 @dataclass(frozen=True)
 class Template:
-    """A template as token ids ([SEP]/[MASK] included), inserted before or after the text."""
+    """A template as token ids ([MASK] included, the leading append marker not), inserted
+    before or after the text."""
 
     ids: tuple[int, ...]
     append: bool
@@ -115,11 +117,19 @@ def _space_sensitive(tokenizer: Any) -> bool:
 
 
 def compile_template(text: str, tokenizer: Any, mask_id: int, sep_id: int) -> Template:
-    """Parse "... [MASK] ..." (leading "[SEP]" = append) into token ids; exactly one [MASK]."""
+    """Parse "... [MASK] ..." (leading "[SEP]" = append) into token ids; exactly one [MASK].
+
+    A leading "[SEP]" is only the append marker: it is stripped, not encoded, so an appended
+    template gives [CLS] text T [SEP] (acmi-lab/mvp ``insert_tokenized_prompts`` tokenizes the
+    template without its first word). A [SEP] elsewhere in a template stays a separator token.
+    """
     spaced = _space_sensitive(tokenizer)
-    append = text.strip().startswith("[SEP]")
+    body = text.strip()
+    append = body.startswith("[SEP]")
+    if append:
+        body = body[len("[SEP]"):]
     ids: list[int] = []
-    for part in _MARKERS.split(text):
+    for part in _MARKERS.split(body):
         if part == "[MASK]":
             ids.append(mask_id)
         elif part == "[SEP]":

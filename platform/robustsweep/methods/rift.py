@@ -12,7 +12,8 @@ branches; there is no adversarial CE (official command).
 
 Deviations (documented in docs/methods.md): the classifier is the model's own head, not
 RIFT's 768→256→C MLP; features are the last-layer [CLS] state (architecture-agnostic) instead of
-BERT's pooler; the MI term reuses the adversarial forward instead of a second one; the default
+BERT's pooler; the MI term reuses the adversarial forward instead of a second one (that forward
+re-embeds the candidates in train mode, with dropout, as official ``comb_w_to_logit``); the default
 synonym table is nearest neighbours in the model's own word-embedding space (not the
 counter-fitted Jia et al. 2019 sets, which are not available offline).
 """
@@ -39,6 +40,7 @@ from robustsweep.methods._common import (
     kl_per_example,
 )
 from robustsweep.methods.base import BACKWARD_COST, FORWARD_COST, Batch, Knobs, RobustMethod
+from robustsweep.methods.perturb import dropout_mode
 from robustsweep.methods.registry import register
 
 if TYPE_CHECKING:
@@ -414,13 +416,14 @@ class RIFT(RobustMethod):
             loss.backward()
             return {"loss": loss.item(), "ce": ce.item()}
         cands = self.candidates(batch)
-        was_training = self.model.training
-        self.model.eval()  # candidates are embedded without dropout, as in the attack
-        cand_eo = self.candidate_embeddings(batch, cands)
-        self.model.train(was_training)
-        weights, kl_init = self.ascc(batch, cand_eo, cands.valid)
+        with torch.no_grad(), dropout_mode(self.model, "off", 0):  # the attack sees no dropout
+            attack_eo = self.candidate_embeddings(batch, cands)
+        weights, kl_init = self.ascc(batch, attack_eo, cands.valid)
 
         logits = self.adapter.logits(batch)
+        # Re-embed the candidates in the caller's mode: the trained adversarial branch gets its
+        # own embedding dropout and gradient, as official ``comb_w_to_logit`` re-embeds them.
+        cand_eo = self.candidate_embeddings(batch, cands)
         adv_out = eo_forward(self.adapter, batch, hull_embedding(weights, cand_eo),
                              output_hidden_states=k.w_mi > 0)
         ce = F.cross_entropy(logits, labels)

@@ -23,6 +23,7 @@ from robustsweep.data import Task, TextSet
 from robustsweep.evaluate.suite import clean_metrics, proxy_metrics
 from robustsweep.methods.base import RobustMethod
 from robustsweep.models import EncoderAdapter
+from robustsweep.train.checkpoints import restore_rng_state, rng_state
 
 StateFn = Callable[[], dict[str, Any]]
 
@@ -96,12 +97,13 @@ def train_step(method: RobustMethod, batch: dict[str, torch.Tensor], params: lis
                optimizer: torch.optim.Optimizer, scheduler: Any | None = None,
                max_grad_norm: float | None = None) -> dict[str, float]:
     """One optimisation step with the method's hooks around it, as every caller must run it:
-    loss + backward, ``before_optimizer_step`` (e.g. RoAST's gradient mask), clipping when the
-    method allows it, the update, ``after_optimizer_step``, and cleared gradients."""
+    loss + backward, ``before_optimizer_step`` (e.g. RoAST's gradient mask), clipping of the
+    method's ``clipped_parameters`` when it allows clipping, the update, ``after_optimizer_step``,
+    and cleared gradients."""
     terms = method.training_step(batch)
     method.before_optimizer_step()
     if max_grad_norm and method.supports_grad_clipping:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(method.clipped_parameters(params), max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -192,7 +194,7 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         method.load_state_dict(resume["method"])
-        torch.set_rng_state(resume["torch_rng"])
+        restore_rng_state(resume)
         state = FitState(**resume["fit_state"])
 
     def snapshot() -> dict[str, Any]:
@@ -201,7 +203,7 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "method": method.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_state(),
             "fit_state": vars(state).copy(),
         }
 
