@@ -42,8 +42,8 @@ from robustsweep.textattack_env import import_textattack
 
 def train_victim(rows: int, out: Path) -> Path:
     """Fine-tune the builtin MiniLM on ``rows`` MR sentences for 1 epoch (max_length 64)."""
-    from robustsweep.config import validate_job
     from robustsweep.data import load_task
+    from robustsweep.jobfile import validate_job
     from robustsweep.methods import build
     from robustsweep.models import load_model
     from robustsweep.train.loop import fit, seed_everything

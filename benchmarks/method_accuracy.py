@@ -33,9 +33,10 @@ import torch
 from method_cost import pick_device
 from variants import parse_variant
 
-from robustsweep.config import JobConfig, load_job, validate_job
+from robustsweep.config import JobConfig
 from robustsweep.data import Task, load_task
 from robustsweep.errors import RobustSweepError
+from robustsweep.jobfile import load_job, validate_job
 from robustsweep.methods import registry
 from robustsweep.train.loop import fit, prepare_trial
 

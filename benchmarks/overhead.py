@@ -26,8 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
-from robustsweep.config import validate_job
 from robustsweep.data import load_task
+from robustsweep.jobfile import validate_job
 from robustsweep.train.loop import Sharding
 
 

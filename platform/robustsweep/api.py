@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustsweep.config import JobConfig
-from robustsweep.config import load_job as _load_job
-from robustsweep.config import validate_job as _validate_job
+from robustsweep.jobfile import load_job as _load_job
+from robustsweep.jobfile import validate_job as _validate_job
 
 if TYPE_CHECKING:
     from robustsweep.report import Report

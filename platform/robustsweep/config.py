@@ -29,14 +29,14 @@ from robustsweep.errors import ConfigError, first_line, format_validation_error,
 METRIC_SUFFIX = r"^[A-Za-z0-9_.-]{1,100}$"
 
 
-def _numeric(annotation: Any) -> bool:
+def numeric_annotation(annotation: Any) -> bool:
     """Whether a field's annotation holds int or float (not bool) anywhere."""
     if annotation in (int, float):
         return True
-    return any(_numeric(arg) for arg in get_args(annotation) if isinstance(arg, type) or get_args(arg))
+    return any(numeric_annotation(arg) for arg in get_args(annotation) if isinstance(arg, type) or get_args(arg))
 
 
-def _holds_bool(value: Any) -> bool:
+def holds_bool(value: Any) -> bool:
     """A bool, or a list/tuple/dict with a bool item (YAML ``yes``/``true`` where a number goes)."""
     if isinstance(value, bool):
         return True
@@ -52,7 +52,7 @@ class _Strict(BaseModel):
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads true as 1 for int/float fields; a boolean there is always a mistake."""
         field = cls.model_fields.get(info.field_name or "")
-        if field is not None and _numeric(field.annotation) and _holds_bool(value):
+        if field is not None and numeric_annotation(field.annotation) and holds_bool(value):
             raise ValueError("expected a number, not a boolean")
         return value
 
@@ -152,26 +152,6 @@ class MethodConfig(_Strict):
 
     name: str = Field("vanilla", description="Registered method name (robustsweep methods)")
     knobs: dict[str, Any] = Field(default_factory=dict, description="Method knobs")
-
-    @model_validator(mode="after")
-    def _check_knobs(self) -> MethodConfig:
-        from robustsweep.errors import MethodError
-        from robustsweep.methods import registry
-
-        try:
-            fields = registry.get(self.name).knobs_class.model_fields
-        except MethodError as exc:
-            raise ValueError(str(exc)) from None
-        for knob, value in self.knobs.items():
-            if knob in fields and _numeric(fields[knob].annotation) and _holds_bool(value):
-                raise ValueError(f"method {self.name!r} knob {knob}: expected a number, not a boolean")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"method {self.name!r} knob {knob}: must be a finite number")
-        try:
-            registry.validate_knobs(self.name, self.knobs)
-        except MethodError as exc:
-            raise ValueError(str(exc)) from None
-        return self
 
 
 class TrainConfig(_Strict):
@@ -381,17 +361,10 @@ class SweepConfig(_Strict):
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
-        from robustsweep.errors import MethodError
-        from robustsweep.methods import registry
-
+    def _unique_methods(cls, value: list[str]) -> list[str]:
+        # Names are checked against the registry by ``jobfile`` (the schema imports no method).
         if len(set(value)) != len(value):
             raise ValueError("methods must not repeat")
-        for name in value:
-            try:
-                registry.get(name)
-            except MethodError as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("trial_resources")
@@ -410,8 +383,6 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
-        from robustsweep.sweep.params import check_space_overrides
-
         if self.num_samples is not None and self.num_samples_per_method is not None:
             raise ValueError("set num_samples or num_samples_per_method, not both")
         if self.mode == "grid":
@@ -431,15 +402,17 @@ class SweepConfig(_Strict):
         unknown = sorted(set(self.spaces) - set(self.methods))
         if unknown:
             raise ValueError(f"spaces.{unknown[0]}: not one of the sweep's methods")
-        check_space_overrides(self.spaces, self.train_space)
         return self
 
     def total_samples(self) -> int:
         """Trials in the whole sweep (a grid's count before skipping recorded cells)."""
-        if self.mode == "grid":
-            from robustsweep.sweep.params import grid_size
-
-            return grid_size(self)
+        if self.mode == "grid":  # sweep.params.grid_cells lists them (a test keeps both equal)
+            per_seed = sum(
+                math.prod(len(raw["choices"]) for raw in self.spaces.get(m, {}).values()
+                          if isinstance(raw, dict))
+                for m in self.methods
+            )
+            return per_seed * max(1, len(self.seeds))
         if self.num_samples_per_method is not None:
             return self.num_samples_per_method * len(self.methods)
         return self.num_samples if self.num_samples is not None else 4 * len(self.methods)
@@ -715,20 +688,17 @@ def read_yaml(path: str | os.PathLike[str], what: str = "YAML file") -> dict[str
     return loaded
 
 
-def validate_job(raw: dict[str, Any], origin: str = "job") -> JobConfig:
-    """Validate a raw mapping into a JobConfig, raising ConfigError with one line."""
+def parse_job(raw: dict[str, Any], origin: str = "job") -> JobConfig:
+    """The schema alone (no method registry): ``jobfile.validate_job`` adds the method checks.
+
+    Used where a job was already validated once and only crosses a process boundary again
+    (a sweep trial's job, a trial's saved job)."""
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, origin)) from None
     except RecursionError:
         raise ConfigError(f"{origin}: nested too deeply (a recursive YAML alias?)") from None
-
-
-def load_job(path: str | os.PathLike[str], overrides: list[str] | None = None) -> JobConfig:
-    """Load a job YAML, apply ``--set`` overrides and validate once."""
-    raw = apply_overrides(read_yaml(path, what="job file"), overrides or [])
-    return validate_job(raw, origin=str(path))
 
 
 def job_to_yaml(cfg: JobConfig) -> str:

@@ -398,7 +398,7 @@ def summary_lines(resolved: ResolvedJob) -> list[str]:
 def preflight_resume(sweep_dir: Path, address: str | None, trust_remote_code: bool) -> None:
     """Refuse a resume directory that is not a robustsweep sweep, or whose job would run
     custom model code without the user's flag; then pre-flight its job."""
-    from robustsweep.config import validate_job
+    from robustsweep.jobfile import validate_job
     from robustsweep.sweep.manifest import Manifest
 
     if not sweep_dir.expanduser().is_dir():

@@ -44,9 +44,9 @@ def test_eval_logs_into_the_trials_mlflow_run(tmp_path: Path,
     """A trial dir + MLflow run made by hand; `eval` finds it by run id, resumes, logs."""
     import mlflow
 
-    from robustsweep.config import validate_job
     from robustsweep.data import load_task
     from robustsweep.evaluate.trial import write_trial
+    from robustsweep.jobfile import validate_job
     from robustsweep.methods import build
     from robustsweep.models import load_model
 

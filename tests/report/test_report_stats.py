@@ -209,7 +209,7 @@ def test_pareto_plot_error_bars_and_rank_min_floors(tmp_path: Path):
 
 
 def test_seeds_of_one_setup_share_a_setup_hash_and_other_setups_stay_apart():
-    from robustsweep.config import validate_job
+    from robustsweep.jobfile import validate_job
     from robustsweep.train.results import config_hash, setup_hash
 
     base = validate_job({"name": "x"}, origin="test")

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from robustsweep.config import validate_job
 from robustsweep.evaluate import suite
 from robustsweep.evaluate.outcomes import ExampleResult, ResultsTable, summarize
+from robustsweep.jobfile import validate_job
 from robustsweep.methods.registry import build
 from robustsweep.train.results import finish_trial, profiles_measured
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from robustsweep.config import SweepConfig, load_job, validate_job
+from robustsweep.config import SweepConfig
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import load_job, validate_job
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from robustsweep.config import SweepConfig, validate_job
+from robustsweep.config import SweepConfig
+from robustsweep.jobfile import validate_job
 from robustsweep.sweep import collect
 from robustsweep.sweep.params import (
     GRID_CELL_KEY,

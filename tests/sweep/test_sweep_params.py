@@ -8,8 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from robustsweep.config import SweepConfig, validate_job
+from robustsweep.config import SweepConfig
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import validate_job
 from robustsweep.sweep.params import (
     METHOD_KEY,
     NUMBER_KEY,

@@ -7,8 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from robustsweep.config import SweepConfig, validate_job
+from robustsweep.config import SweepConfig
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import validate_job
 from robustsweep.sweep import manifest as mf
 from robustsweep.sweep import tuner
 from robustsweep.sweep.params import FINAL_KEY, TrialSpace, resolve_spaces

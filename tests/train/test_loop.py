@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from conftest import make_tiny_adapter, make_tiny_task
-from robustsweep.config import validate_job
+from conftest import make_batch, make_tiny_adapter, make_tiny_task
+from robustsweep.jobfile import validate_job
 from robustsweep.methods import build
+from robustsweep.methods.vanilla import Vanilla
 from robustsweep.train.checkpoints import read_checkpoint, write_checkpoint
-from robustsweep.train.loop import Sharding, fit, iter_batches, seed_everything
+from robustsweep.train.loop import (
+    Sharding,
+    fit,
+    iter_batches,
+    seed_everything,
+    train_step,
+    trainable_parameters,
+)
 
 
 def job(epochs: int = 2, method: str = "vanilla", **knobs):
@@ -19,10 +30,21 @@ def job(epochs: int = 2, method: str = "vanilla", **knobs):
                          "train": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "max_grad_norm": 1.0}})
 
 
-def run(cfg, resume=None, on_epoch_end=None):
+class RandomlyWeighted(Vanilla):
+    """CE scaled by draws from Python's and NumPy's RNGs: a stand-in for any code that uses
+    them (augmentation, sampling), so a resume must restore those streams too."""
+
+    def training_step(self, batch):
+        scale = 1.0 + random.random() + float(np.random.rand())
+        loss = scale * F.cross_entropy(self.adapter.logits(batch), batch["labels"])
+        loss.backward()
+        return {"loss": loss.item()}
+
+
+def run(cfg, resume=None, on_epoch_end=None, method_class=None):
     seed_everything(cfg.seed)
     adapter = make_tiny_adapter(dropout=0.1, seed=cfg.seed)
-    method = build(cfg.method.name, cfg.method.knobs)
+    method = method_class() if method_class else build(cfg.method.name, cfg.method.knobs)
     task = make_tiny_task(n_train=40, n_eval=16)
     method.setup(adapter, task)
     state = fit(adapter, method, task, cfg, resume=resume, on_epoch_end=on_epoch_end, progress=None)
@@ -47,21 +69,23 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method, knobs", [("vanilla", {}), ("freelb", {"adv_steps": 2})])
-def test_resume_after_epoch_one_equals_uninterrupted(tmp_path: Path, method: str, knobs: dict) -> None:
+@pytest.mark.parametrize("method, knobs, method_class", [
+    ("vanilla", {}, None), ("freelb", {"adv_steps": 2}, None), ("vanilla", {}, RandomlyWeighted)])
+def test_resume_after_epoch_one_equals_uninterrupted(tmp_path: Path, method: str, knobs: dict,
+                                                     method_class: type | None) -> None:
     cfg = job(epochs=2, method=method, **knobs)
-    full_adapter, full_state = run(cfg)
+    full_adapter, full_state = run(cfg, method_class=method_class)
 
     def stop_after_first(epoch, metrics, state_fn):
         write_checkpoint(tmp_path / f"epoch_{epoch:03d}", state_fn(), epoch)
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        run(cfg, on_epoch_end=stop_after_first)
+        run(cfg, on_epoch_end=stop_after_first, method_class=method_class)
     resumed_epochs = []
     resumed_adapter, resumed_state = run(
         cfg, resume=read_checkpoint(tmp_path / "epoch_001"),
-        on_epoch_end=lambda e, m, s: resumed_epochs.append(e))
+        on_epoch_end=lambda e, m, s: resumed_epochs.append(e), method_class=method_class)
     assert resumed_epochs == [2]  # epoch 1 is not trained again
     assert resumed_state.global_step == full_state.global_step
     assert [h["train_loss"] for h in resumed_state.history] == [h["train_loss"] for h in full_state.history]
@@ -83,3 +107,48 @@ def test_batches_are_padded_to_their_own_longest_text() -> None:
     task.train.texts[0] = " ".join(["word"] * 25)
     widths = [b["input_ids"].shape[1] for b in iter_batches(adapter, task.train, list(range(16)), 8)]
     assert widths == [27, 9]
+
+
+class RecordingOptimizer:
+    """Stands in for the optimizer: keeps the gradients ``step`` would apply."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params, self.applied = params, []
+
+    def step(self) -> None:
+        self.applied = [p.grad.clone() if p.grad is not None else None for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+def test_infobert_clips_the_model_gradient_only_not_the_critic() -> None:
+    """InfoBERT's official trainer clips ``model.parameters()``: the model's joint norm is cut to
+    max_grad_norm, the critic's gradient passes unchanged."""
+    method = build("infobert", {"adv_steps": 2, "alpha_anchor": 1.0})
+    method.setup(make_tiny_adapter())
+    batch = make_batch(batch_size=6)
+    params = [p for _, p in trainable_parameters(method.adapter, method)]
+    critic = {id(p) for p in method.extra_parameters()}
+    torch.manual_seed(1)
+    method.training_step(batch)
+    raw = [p.grad.clone() if p.grad is not None else None for p in params]
+    for p in params:
+        p.grad = None
+    optimizer = RecordingOptimizer(params)
+    torch.manual_seed(1)
+    train_step(method, batch, params, optimizer, max_grad_norm=1e-3)
+    def joint_norm(in_critic: bool) -> torch.Tensor:
+        return torch.stack([g.norm() for p, g in zip(params, raw)
+                            if g is not None and (id(p) in critic) == in_critic]).norm()
+
+    model_norm = joint_norm(False)
+    assert model_norm > 1e-2 and joint_norm(True) > 1e-2  # clipping is active on both
+    for p, before, after in zip(params, raw, optimizer.applied):
+        if before is None:
+            assert after is None
+        elif id(p) in critic:
+            torch.testing.assert_close(after, before)
+        else:
+            torch.testing.assert_close(after, before * (1e-3 / (model_norm + 1e-6)))

@@ -9,8 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from robustsweep.config import validate_job
 from robustsweep.data import BUILTIN_SETS
+from robustsweep.jobfile import validate_job
 from robustsweep.methods import registry
 from robustsweep.train.trial import run_trial
 

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from robustsweep.cli import main
-from robustsweep.config import load_job
+from robustsweep.jobfile import load_job
 from robustsweep.train.checkpoints import latest_checkpoint
 from robustsweep.train.trial import TrialFailed, run_trial
 

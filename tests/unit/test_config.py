@@ -11,12 +11,11 @@ from robustsweep.config import (
     JobConfig,
     apply_overrides,
     flatten,
-    load_job,
     parse_override,
     read_yaml,
-    validate_job,
 )
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import load_job, validate_job
 
 JOBS = sorted((Path(__file__).parents[2] / "jobs").glob("*.yaml"))
 

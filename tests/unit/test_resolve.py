@@ -16,8 +16,8 @@ import pytest
 
 from robustsweep import resolve
 from robustsweep.cli import main
-from robustsweep.config import load_job, validate_job
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import load_job, validate_job
 
 ROOT = Path(__file__).parents[2]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))

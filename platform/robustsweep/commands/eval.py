@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_trial_record(trial_dir: Path, trust_remote_code: bool) -> dict[str, Any]:
     """The trial record if ``trial_dir`` holds a robustsweep trial whose model this command
     may load: a JSON object with a valid ``job``; remote code only with the user's flag."""
-    from robustsweep.config import validate_job
     from robustsweep.errors import ConfigError
+    from robustsweep.jobfile import validate_job
 
     path = trial_dir / "trial.json"
     try:

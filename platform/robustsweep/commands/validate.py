@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustsweep.config import load_job
+    from robustsweep.jobfile import load_job
     from robustsweep.resolve import resolve_job, summary_lines
 
     cfg = load_job(args.job, args.overrides)

@@ -255,7 +255,7 @@ def trial_job(
     cpus_per_worker: float,
 ) -> JobConfig:
     """The job one trial trains: the base job with the trial's method, knobs and train settings."""
-    from robustsweep.config import validate_job
+    from robustsweep.config import parse_job
 
     method = params[METHOD_KEY]
     prefix = f"{method}."
@@ -271,7 +271,7 @@ def trial_job(
     raw["tracking"]["tracking_uri"] = tracking_uri
     raw["scaling"]["cpus_per_worker"] = cpus_per_worker
     raw["sweep"] = None
-    return validate_job(raw, origin=f"trial {params.get(NUMBER_KEY, '?')}")
+    return parse_job(raw, origin=f"trial {params.get(NUMBER_KEY, '?')}")
 
 
 def searched_knobs(params: dict[str, Any]) -> dict[str, Any]:

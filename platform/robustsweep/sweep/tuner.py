@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from robustsweep import tracking
-from robustsweep.config import JobConfig, SweepConfig, flatten, job_to_yaml, validate_job
+from robustsweep.config import JobConfig, SweepConfig, flatten, job_to_yaml
 from robustsweep.errors import ConfigError
+from robustsweep.jobfile import validate_job
 from robustsweep.sweep import manifest as mf
 from robustsweep.sweep.monitor import SweepMonitor, attach, close_child_run, console
 from robustsweep.sweep.params import (
