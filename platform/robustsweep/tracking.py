@@ -6,10 +6,12 @@ every process here talks to MLflow through an explicit absolute URI and an expli
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from robustsweep.errors import RobustSweepError
 
@@ -140,8 +142,152 @@ def run_status(uri: str, run_id: str) -> str:
     return _retry(lambda: client(uri).get_run(run_id).info.status, "get run")
 
 
+# ---- what a user sees on first open -------------------------------------------------------------
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+# MLflow 3 picks GenAI vs machine-learning pages from this URL parameter (else from the
+# browser's last choice, GenAI by default), whatever the experiment's tags say.
+WORKFLOW_PARAM = "workflowType=machine_learning"
+# The runs page's "saved views" live in experiment tags with this prefix; a link with
+# ``viewStateShareKey=<key>`` opens one (columns, sort, filter) without a click.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+METHOD_TAG = "robustsweep.method"
+# Run-table columns of a sweep's view, in this order (after the method and the objectives).
+VIEW_METRIC_PATTERNS = ("clean_accuracy", "robust_accuracy/", "ece", "ood_accuracy/", "cost/")
+
+
+def mlflow_executable() -> str:
+    """The ``mlflow`` next to this interpreter (the venv's), so the command works unactivated."""
+    candidate = Path(sys.executable).parent / "mlflow"
+    return str(candidate) if candidate.is_file() else "mlflow"
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on ``uri`` (bound to localhost)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    # One worker: uvicorn's default four import MLflow at once and, on a small busy machine,
+    # miss their health checks and get restarted in a loop.
+    return (
+        f"{mlflow_executable()} ui --backend-store-uri {uri} --host {UI_HOST} --port {UI_PORT}"
+        " --workers 1"
+    )
+
+
+def ui_base(uri: str) -> str:
+    """The UI's address: the server itself, or the ``mlflow ui`` that ``ui_command`` starts."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://{UI_HOST}:{UI_PORT}"
+
+
+def experiment_url(
+    uri: str, experiment_id: str, view_key: str | None = None, base: str | None = None
+) -> str:
+    """The experiment's runs table in machine-learning mode (and a saved view, when given).
+
+    The runs tab is named in the path: MLflow redirects ``#/experiments/<id>`` to it and keeps
+    only its own parameters, which would drop the view key.
+    """
+    query = WORKFLOW_PARAM + (f"&viewStateShareKey={quote(view_key)}" if view_key else "")
+    return f"{base or ui_base(uri)}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def column(kind: str, key: str) -> str:
+    """A runs-table column id as the MLflow UI spells it: ``metrics.`clean_accuracy```."""
+    return f"{kind}.`{key}`"
+
+
+def view_metrics(metric_keys: Iterable[str], objectives: Iterable[str]) -> list[str]:
+    """The metrics a sweep's runs table shows: objectives first, then the patterns' metrics."""
+    keys = sorted(set(metric_keys))
+    chosen = [m for m in objectives if m in keys]
+    for pattern in VIEW_METRIC_PATTERNS:
+        if pattern.endswith("/"):
+            chosen += [k for k in keys if k.startswith(pattern)]
+        elif pattern in keys:
+            chosen.append(pattern)
+    return list(dict.fromkeys(chosen))
+
+
+def view_state(metrics: list[str], *, search_filter: str = "", order_by: str | None = None,
+               ascending: bool = False) -> dict[str, Any]:
+    """The runs page state a saved view restores (search facets + table UI state)."""
+    columns = [column("tags", METHOD_TAG)] + [column("metrics", m) for m in metrics]
+    state: dict[str, Any] = {
+        "selectedColumns": columns,
+        "columnOrder": columns,  # method first, then objectives (else grouped by kind, A-Z)
+        "searchFilter": search_filter,
+        "orderByAsc": ascending,
+        "runsHiddenMode": "SHOW_ALL",
+    }
+    if order_by:
+        state["orderByKey"] = column("metrics", order_by)
+    return state
+
+
+def save_view(uri: str, experiment_id: str, key: str, name: str, state: Mapping[str, Any]) -> None:
+    """Store ``state`` as the experiment's saved view ``key`` (the envelope MLflow 3 reads)."""
+    import json
+
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    _retry(
+        lambda: client(uri).set_experiment_tag(
+            experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope)
+        ),
+        "save runs view",
+    )
+
+
+def child_metric_keys(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
+    """Every metric name that the child runs of ``parent_run_id`` logged."""
+    mlf = client(uri)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    runs = _retry(lambda: mlf.search_runs([experiment_id], query, max_results=1000), "search runs")
+    return {key for run in runs for key in run.data.metrics}
+
+
+def sweep_view_url(
+    uri: str, parent_run_id: str, name: str, objectives: list[str], base: str | None = None
+) -> str:
+    """Save a view of the sweep's trials (method, objectives, accuracies, ECE, OOD, cost
+    columns; best first) and return the link that opens it."""
+    experiment_id = _retry(
+        lambda: client(uri).get_run(parent_run_id).info.experiment_id, "get parent run"
+    )
+    metrics = view_metrics(child_metric_keys(uri, experiment_id, parent_run_id), objectives)
+    state = view_state(
+        metrics,
+        search_filter=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        order_by=objectives[0] if objectives else None,
+    )
+    save_view(uri, experiment_id, parent_run_id, f"{name} trials", state)
+    return experiment_url(uri, experiment_id, parent_run_id, base)
+
+
+def sweep_params(job: Mapping[str, Any], total_trials: int | None = None) -> dict[str, str]:
+    """What a sweep's parent run logs as params: the search, not the base job's method knobs."""
+    import json
+
+    sweep = job.get("sweep") or {}
+    objectives = [f"{o.get('mode', 'max')} {o['metric']}" for o in sweep.get("objectives", [])]
+    asha = sweep.get("asha") or {}
+    params: dict[str, Any] = {
+        "methods": ",".join(sweep.get("methods", [])),
+        "objectives": "; ".join(objectives),
+        "sampler": sweep.get("sampler"),
+        "mode": sweep.get("mode"),
+        "num_samples": sweep.get("num_samples"),
+        "num_samples_per_method": sweep.get("num_samples_per_method"),
+        "total_trials": total_trials,
+        "seeds": sweep.get("seeds"),
+        "asha": (f"{asha.get('metric') or 'proxy'} grace={asha.get('grace_period')}"
+                 if asha.get("enabled") else "off"),
+        "data.source": (job.get("data") or {}).get("source"),
+        "model.source": (job.get("model") or {}).get("source"),
+        "train.epochs": (job.get("train") or {}).get("epochs"),
+        "eval.attacks": ",".join((job.get("eval") or {}).get("attacks") or []),
+        "seed": job.get("seed"),
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()
+            if v not in (None, "", [])}

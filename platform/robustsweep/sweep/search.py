@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search.optuna import OptunaSearch
 
 from robustsweep.errors import ConfigError
-from robustsweep.sweep.params import FINAL_KEY, TrialSpace
+from robustsweep.sweep.params import FINAL_KEY, METHOD_KEY, NUMBER_KEY, TrialSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -89,6 +89,28 @@ class SweepSearch(OptunaSearch):
     result lacks ``FINAL_KEY`` is PRUNED, so the study's Pareto front mixes no budgets.
     """
 
+    def _setup_study(self, mode: str | list) -> None:
+        """Create/load the study, then name its objectives (optuna-dashboard shows the metric
+        names instead of "Objective 0/1")."""
+        super()._setup_study(mode)
+        names = self._metric if isinstance(self._metric, list) else [self._metric]
+        if self._ot_study is not None and all(names):
+            try:
+                self._ot_study.set_metric_names(list(names))
+            except Exception as exc:  # noqa: BLE001 - names are cosmetic; never stop a sweep
+                logger.warning("could not name the Optuna study's objectives: %s", exc)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Optuna's suggestion, with the trial's label and Tune id as user attributes."""
+        config = super().suggest(trial_id)
+        if config is not None and trial_id in self._ot_trials:
+            number = config.get(NUMBER_KEY, self._ot_trials[trial_id].number)
+            _set_user_attrs(self._ot_trials[trial_id], {
+                "label": f"{config.get(METHOD_KEY, 'trial')}-{int(number):03d}",
+                "tune_trial_id": trial_id,
+            })
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Single-objective intermediate values feed Optuna's pruner view (dashboard); skip
         # results (e.g. epochs) that do not carry the objective.
@@ -103,6 +125,8 @@ class SweepSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result and result.get("run_id"):  # the dashboard links a trial to its MLflow run
+            _set_user_attrs(ot_trial, {"mlflow_run_id": str(result["run_id"])})
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         state, values = optuna.trial.TrialState.PRUNED, None
         if error:
@@ -126,6 +150,15 @@ class SweepSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - a study closed elsewhere must not stop the sweep
             logger.warning("Optuna tell failed for trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+
+def _set_user_attrs(ot_trial: Any, attrs: dict[str, str]) -> None:
+    """Annotate an Optuna trial; a storage hiccup costs the annotation, never the sweep."""
+    try:
+        for key, value in attrs.items():
+            ot_trial.set_user_attr(key, value)
+    except Exception as exc:  # noqa: BLE001 - RDB/journal errors vary
+        logger.warning("could not annotate Optuna trial %s: %s", ot_trial.number, exc)
 
 
 def _finite(value: Any) -> bool:

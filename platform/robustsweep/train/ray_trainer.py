@@ -8,8 +8,11 @@ checkpoint from rank 0, and logs to MLflow from rank 0 through an explicit absol
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,77 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+# Only for the local instance we start ourselves: no preemption watcher (no spot nodes to lose
+# on one machine; its actor's shutdown logs an ERROR line from core_worker.cc on every trial).
+LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Ray 2.60 turns token auth on for a new local instance (good: other users of a shared machine
+# cannot run code on it) and logs a WARNING saying so on every start. Setting RAY_AUTH_MODE
+# ourselves after `import ray` leaves Ray's cached config behind (its GCS then rejects the
+# driver), so the announcement is silenced at its logger instead; auth errors still show.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# What the driver passes to every Ray process of the job (trial drivers, Train workers).
+FORWARDED_ENV = (
+    "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "ROBUSTSWEEP_CACHE", "NLTK_DATA",
+    "TA_CACHE_DIR", "TOKENIZERS_PARALLELISM", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "ROBUSTSWEEP_PROGRESS", "TQDM_DISABLE",
+)
+# "bars": live tqdm bars (a terminal); "lines": none, the driver's one line per trial event is
+# the progress (logs, CI, nohup). Decided once in the driver: workers have no terminal.
+PROGRESS_ENV = "ROBUSTSWEEP_PROGRESS"
+# Worker log lines that say nothing a user can act on; real warnings and errors pass through.
+RAY_NOISE = (
+    re.compile(r"core_worker\.cc.*PreemptionWatcher"),
+    re.compile(r"Failed to query Ray Train Controller actor state"),
+    re.compile(r"Token authentication is (enabled|disabled) for this Ray cluster"),
+)
+TQDM_LINE = re.compile(r"\d+%\|")
+
+
+def progress_mode() -> str:
+    """``bars`` when the driver writes to a terminal, else ``lines`` (ROBUSTSWEEP_PROGRESS wins)."""
+    mode = os.environ.get(PROGRESS_ENV)
+    if mode in ("bars", "lines"):
+        return mode
+    return "bars" if sys.stdout.isatty() else "lines"
+
+
+def _set_console_env() -> None:
+    """Fix the progress mode for the whole job; without a terminal, no tqdm bar anywhere."""
+    mode = os.environ.setdefault(PROGRESS_ENV, progress_mode())
+    if mode == "lines":
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def is_noise(line: str) -> bool:
+    """A worker log line to drop: known Ray noise, or a progress bar when there is no terminal."""
+    if any(p.search(line) for p in RAY_NOISE):
+        return True
+    return os.environ.get(PROGRESS_ENV) == "lines" and (
+        "__ray_tqdm_magic_token__" in line or bool(TQDM_LINE.search(line))
+    )
+
+
+def _filter_worker_logs() -> None:
+    """Drop ``is_noise`` lines from what Ray forwards to the driver's console (log_to_driver).
+
+    Ray has no public hook for this; the wrapper replaces its module-level printer and falls
+    back to printing everything if that function ever moves.
+    """
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_worker_logs", None)
+    if original is None or getattr(original, "robustsweep_filter", False):
+        return
+
+    def filtered(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
+        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        if lines:
+            original({**data, "lines": lines}, print_file, ignore_prefix)
+
+    filtered.robustsweep_filter = True  # type: ignore[attr-defined]
+    ray_worker.print_worker_logs = filtered
 
 
 def ensure_ray(cluster: ClusterConfig) -> None:
@@ -40,12 +114,16 @@ def ensure_ray(cluster: ClusterConfig) -> None:
 
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    _set_console_env()
     if ray.is_initialized():
         return
+    _filter_worker_logs()
+    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     address = cluster.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {k: os.environ[k] for k in (
-        "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "ROBUSTSWEEP_CACHE", "NLTK_DATA", "TA_CACHE_DIR",
-        "TOKENIZERS_PARALLELISM", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS") if k in os.environ}}
+    if not address:
+        for key, value in LOCAL_RAY_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
@@ -76,7 +154,6 @@ def cpus_per_worker(cfg: JobConfig) -> float:
 def _quiet_report_log() -> None:
     """Ray Train V2 logs every report (metrics dict included) at INFO under a logger named after
     its file path, which LoggingConfig does not reach; it buries the progress bars."""
-    import logging
 
     try:
         from ray.train.v2._internal.execution import context
@@ -135,8 +212,11 @@ def train_worker(payload: dict[str, Any]) -> None:
     def progress(total: int, desc: str) -> Any:
         return ray_tqdm(total=total, desc=desc)
 
+    # Bars only for a terminal: in a log, Ray re-prints every bar around each forwarded line.
+    bars = os.environ.get(PROGRESS_ENV, "lines") == "bars"
     state = fit(adapter, method, task, cfg, rank=rank, world_size=world, resume=resume,
-                on_epoch_end=on_epoch_end, progress=progress, plot_dir=out / "artifacts")
+                on_epoch_end=on_epoch_end, progress=progress if bars else None,
+                plot_dir=out / "artifacts")
     if rank == 0:
         finish_trial(method, task, cfg, state, out, payload)
 
