@@ -170,6 +170,9 @@ def build_report(
     return report
 
 
+NOTE_LIMIT = 7_500  # characters of the leaderboard shown as the parent run's description
+
+
 def _log(records: SweepRecords, files: list[Path]) -> str | None:
     """Upload the report files to the parent run; None (with a warning) if MLflow is down."""
     from robustsweep import tracking
@@ -180,6 +183,13 @@ def _log(records: SweepRecords, files: list[Path]) -> str | None:
         tracking.log_artifacts(
             records.tracking_uri, records.parent_run_id, files, artifact_path="report"
         )
+        leaderboard = next((p for p in files if p.name == "leaderboard.md"), None)
+        if leaderboard is not None:  # the parent run's description in the MLflow UI
+            text = leaderboard.read_text()
+            if len(text) > NOTE_LIMIT:  # MLflow caps tag values; the full file is an artifact
+                text = text[:NOTE_LIMIT] + "\n\n… (cut: see the report/leaderboard.md artifact)"
+            tracking.set_tags(records.tracking_uri, records.parent_run_id,
+                              {"mlflow.note.content": text})
         best = lb.best_per_method(records)
         if best:
             top = best[0]
@@ -191,7 +201,8 @@ def _log(records: SweepRecords, files: list[Path]) -> str | None:
             tracking.set_tags(
                 records.tracking_uri,
                 records.parent_run_id,
-                {"robustsweep.best_trial": top.label, "robustsweep.best_method": top.method},
+                {"robustsweep.best_trial": top.label, "robustsweep.best_method": top.method,
+                 **({"robustsweep.best_run_id": top.run_id} if top.run_id else {})},
             )
     except tracking.TrackingError as exc:
         import sys

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from robustsweep import tracking
-from robustsweep.config import JobConfig, SweepConfig, flatten, job_to_yaml
+from robustsweep.config import JobConfig, SweepConfig, job_to_yaml
 from robustsweep.errors import ConfigError
 from robustsweep.jobfile import validate_job
 from robustsweep.sweep import manifest as mf
@@ -198,7 +198,7 @@ def open_parent_run(
     if not cfg.tracking.enabled:
         return None
     uri = cfg.resolved_tracking_uri()
-    params = flatten(cfg.model_dump(mode="json", exclude={"tracking", "cluster"}))
+    params = tracking.sweep_params(cfg.model_dump(mode="json"), sweep_of(cfg).total_samples())
     tags = {
         "robustsweep.kind": "sweep",
         "robustsweep.sweep_dir": str(sweep_dir),
