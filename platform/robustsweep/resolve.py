@@ -386,6 +386,12 @@ def summary_lines(resolved: ResolvedJob) -> list[str]:
     extra = sorted(resolved.final_metrics - resolved.epoch_metrics)
     if extra:
         lines.append("metrics after training: " + ", ".join(extra))
+    sweep = resolved.cfg.sweep
+    if sweep is not None and sweep.mode == "grid":
+        seeds = len(sweep.seeds) or 1
+        lines.append(f"grid: {sweep.total_samples()} trials ({len(sweep.methods)} method(s) x "
+                     f"chosen knob values x {seeds} seed(s)), other knobs at their defaults"
+                     + (f"; records collected in {sweep.records_dir}" if sweep.records_dir else ""))
     for method, space in resolved.spaces.items():
         searched = ", ".join(space.searched) or "nothing"
         fixed = ", ".join(f"{k}={v!r}" for k, v in space.fixed.items())
@@ -399,7 +405,7 @@ def preflight_resume(sweep_dir: Path, address: str | None, trust_remote_code: bo
     """Refuse a resume directory that is not a robustsweep sweep, or whose job would run
     custom model code without the user's flag; then pre-flight its job."""
     from robustsweep.jobfile import validate_job
-    from robustsweep.sweep.manifest import Manifest
+    from robustsweep.state.manifest import Manifest
 
     if not sweep_dir.expanduser().is_dir():
         raise ConfigError(f"--resume {sweep_dir}: no such directory")
