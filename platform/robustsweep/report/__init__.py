@@ -64,9 +64,18 @@ def _summary(records: SweepRecords) -> str:
     )
 
 
+def _shown_path(path: str | Path) -> str:
+    """Relative to the working directory when inside it: a committed report (a study's records
+    dir) then reads the same on every machine."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _source_line(records: SweepRecords) -> str:
     """Where the sweep lives, the same whichever way it was read (dir, records or MLflow)."""
-    where = [f"dir `{records.sweep_dir}`" if records.sweep_dir else "",
+    where = [f"dir `{_shown_path(records.sweep_dir)}`" if records.sweep_dir else "",
              f"MLflow parent run `{records.parent_run_id}`" if records.parent_run_id else ""]
     return "Sweep: " + (", ".join(w for w in where if w) or "unknown")
 
