@@ -37,7 +37,7 @@ from robustsweep.evaluate.profiles import load_profile
 from robustsweep.evaluate.recipes import get_recipe
 from robustsweep.evaluate.runner import Example, example_seed, warm_up
 from robustsweep.evaluate.trial import LoadedTrial, load_trial, resolve, write_trial
-from robustsweep.textattack_env import import_textattack
+from robustsweep.resources.textattack_env import import_textattack
 
 
 def train_victim(rows: int, out: Path) -> Path:
@@ -92,9 +92,10 @@ def stock_run(victim: LoadedTrial, recipe: str, examples: list[Example], seed: i
 
 
 def ours_run(victim: LoadedTrial, recipe: str, n: int, seed: int,
-             workers: int) -> tuple[list[ExampleResult], float, float]:
+             workers: int, precision: str = "fp32") -> tuple[list[ExampleResult], float, float]:
     """(rows, attack seconds, start-up seconds): Ray start-up is timed apart from the attack."""
-    profile = load_profile(recipe).model_copy(update={"num_examples": n, "seed": seed})
+    profile = load_profile(recipe).model_copy(
+        update={"num_examples": n, "seed": seed, "precision": precision})
     out = Path(tempfile.mkdtemp(prefix="attack_speed_"))
     pool = None
     try:
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the in-process runs (default: all cores); Ray "
                         "workers always get cores / workers threads each")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Also run ours with bf16 victim queries (eval.attack_precision) and "
+                        "print its speed-up and its agreement with the fp32 outcomes")
     parser.add_argument("--breakdown", action="store_true",
                         help="Also time one in-process run split into encoder vs search time")
     args = parser.parse_args(argv)
@@ -216,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             key = f"ours x{w}"
             runs[key], timings[key], startups[key] = ours_run(victim, recipe, args.num_examples,
                                                               args.seed, w)
+            if args.bf16:
+                key16 = f"bf16 x{w}"
+                runs[key16], timings[key16], startups[key16] = ours_run(
+                    victim, recipe, args.num_examples, args.seed, w, precision="bf16")
         n = len(examples)
         print(f"{'run':<12} {'seconds':>8} {'s/example':>10} {'examples/s':>11}")
         for key, seconds in timings.items():
@@ -224,11 +232,21 @@ def main(argv: list[str] | None = None) -> int:
                 extra = f"  (measured on {k} examples, scaled to {n})"
             print(f"{key:<12} {seconds:8.1f} {seconds / n:10.3f} {n / seconds:11.3f}{extra}")
         best = min((k for k in timings if k.startswith("ours")), key=timings.get)
+        fastest = min((k for k in timings if k.startswith(("ours", "bf16"))), key=timings.get)
         if "stock" in timings:
             print(f"speed-up of {best} vs stock TextAttack (512 padding): "
                   f"{timings['stock'] / timings[best]:.1f}x (goal >= 20x)")
         print(f"speed-up of {best} vs TextAttack with padding fixed: "
               f"{timings['padfix'] / timings[best]:.1f}x (goal >= 2x)")
+        if args.bf16:
+            if "stock" in timings:
+                print(f"speed-up of {fastest} vs stock TextAttack (512 padding): "
+                      f"{timings['stock'] / timings[fastest]:.1f}x (goal >= 20x)")
+            for w in workers:
+                print(f"bf16 vs fp32 with {w} worker(s): "
+                      f"{timings[f'ours x{w}'] / timings[f'bf16 x{w}']:.2f}x faster; "
+                      + compare("agreement", runs[f"ours x{w}"], runs[f"bf16 x{w}"]).strip()
+                      + " (goal >= 99 %)")
         one = timings.get("ours x1")
         if one:
             for w in workers:

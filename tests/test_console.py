@@ -69,3 +69,23 @@ def test_non_tty_sweep_log_has_one_line_per_event_and_no_bars(tmp_path: Path) ->
     # it is not ours to count either.
     ours = [ln for ln in lines if "PlacementGroupCleaner" not in ln]
     assert len(ours) <= 30, f"{len(ours)} lines:\n" + "\n".join(ours)
+
+
+def test_a_transient_ray_traceback_is_dropped_as_a_block() -> None:
+    lines = [
+        "epoch 1 ok",
+        "Failed to send resource request for train-abc. If this only happens transiently ...",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 58, in send_resource_request',
+        "    ray.get(",
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+        "  epoch 2 ok (indented, after the block)",
+        "Traceback (most recent call last):",
+        "ValueError: a real error stays",
+    ]
+    assert ray_trainer.drop_transient_tracebacks(lines) == [
+        "epoch 1 ok",
+        "  epoch 2 ok (indented, after the block)",
+        "Traceback (most recent call last):",
+        "ValueError: a real error stays",
+    ]

@@ -19,10 +19,9 @@ from transformers import (
 )
 
 from conftest import make_batch, make_tiny_adapter
-from robustsweep import mlm_head
 from robustsweep.errors import ResourceError
-from robustsweep.methods.mvp import MVP, MVPKnobs
-from robustsweep.mlm_head import (
+from robustsweep.methods.mvp import MVP, MVPKnobs, mlm_head
+from robustsweep.methods.mvp.mlm_head import (
     HEAD_FILE,
     REPORT_FILE,
     HeadRecipe,

@@ -26,7 +26,7 @@ from robustsweep.jobfile import validate_job as _validate_job
 if TYPE_CHECKING:
     from robustsweep.report import Report
     from robustsweep.resolve import ResolvedJob
-    from robustsweep.sweep.manifest import Manifest
+    from robustsweep.state.manifest import Manifest
     from robustsweep.train.trial import TrialResult
 
 JobLike = JobConfig | Mapping[str, Any] | str | os.PathLike[str]
@@ -69,12 +69,13 @@ def validate(job: JobLike, overrides: Sequence[str] = ()) -> JobConfig:
 def train(
     job: JobLike, overrides: Sequence[str] = (), *, resume: bool = False, max_failures: int = 0
 ) -> TrialResult:
-    """One trial on Ray Train (train, evaluate, results.json, MLflow run)."""
+    """One trial on Ray Train (train, evaluate, results record, MLflow run)."""
     from robustsweep.errors import ConfigError
-    from robustsweep.train.trial import TRIAL_FILE, run_trial
+    from robustsweep.state.trial import TrialDir
+    from robustsweep.train.trial import run_trial
 
     cfg = resolve(job, overrides).cfg
-    if resume and not (cfg.resolved_output_dir() / TRIAL_FILE).is_file():
+    if resume and not TrialDir(cfg.resolved_output_dir()).has_record():
         raise ConfigError(f"--resume: no trial in {cfg.resolved_output_dir()} to resume")
     return run_trial(cfg, resume=resume, max_failures=max_failures)
 
@@ -179,6 +180,7 @@ def evaluate(
     """
     from robustsweep.evaluate import trial as trials
     from robustsweep.evaluate.suite import clean_metrics, final_metrics, profile_tags
+    from robustsweep.state.trial import TrialDir
 
     directory, checkpoint = trials.resolve(str(trial_dir), [Path("runs").resolve()])
     loaded = trials.load_trial(directory, checkpoint)
@@ -188,7 +190,7 @@ def evaluate(
     if num_examples is not None:
         update["attack_examples"] = num_examples
     eval_cfg = loaded.cfg.eval.model_validate({**loaded.cfg.eval.model_dump(), **update})
-    out = Path(out_dir) if out_dir is not None else directory / "eval"
+    out = Path(out_dir) if out_dir is not None else TrialDir(directory).eval_dir
     metrics = clean_metrics(loaded.method, loaded.task, eval_cfg)
     extra, artifacts = final_metrics(loaded.method, loaded.task, eval_cfg, out.resolve())
     metrics.update(extra)

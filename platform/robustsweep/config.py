@@ -137,6 +137,18 @@ class DataConfig(_Strict):
         return _unique_names(value)
 
 
+class PeftConfig(_Strict):
+    """Parameter-efficient fine-tuning: train a LoRA adapter and the head, freeze the base."""
+
+    method: Literal["lora"] = Field("lora", description="Adapter type (lora)")
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank (8)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha; the update is scaled alpha/r (16)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch input (0.05)")
+    target_modules: list[str] | None = Field(
+        None, description="Module names that get adapters; null = the family's default "
+                          "(attention query/value projections; docs/methods.md)")
+
+
 class ModelConfig(_Strict):
     """Which pretrained encoder to fine-tune."""
 
@@ -145,6 +157,8 @@ class ModelConfig(_Strict):
     )
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub")
     dropout: float | None = Field(None, ge=0, lt=1, description="Override hidden dropout")
+    peft: PeftConfig | None = Field(
+        None, description="LoRA through peft (null = full fine-tuning)")
 
 
 class MethodConfig(_Strict):
@@ -216,6 +230,10 @@ class EvalConfig(_Strict):
     )
     attack_only_correct: bool | None = Field(
         None, description="Attack only correctly classified examples (null = profile's choice)"
+    )
+    attack_precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="Override the profiles' victim precision: bf16 autocast is faster on "
+        "CPUs/GPUs with bf16 units, opt-in, and changes the profile hash (null = fp32)"
     )
     attack_workers: int | None = Field(
         1, ge=1, description="Parallel attack workers (Ray actors, one model replica each); "

@@ -114,6 +114,47 @@ def check_model_source(source: str) -> None:
             raise _fail(where, f"{source!r}: no config.json in this model directory")
 
 
+def _model_type(source: str) -> str | None:
+    """``model_type`` of a builtin/local model, or of a hub model whose config is cached;
+    None when it cannot be known offline (then the check is skipped)."""
+    from robustsweep.models.families import model_type_in
+
+    if source.startswith("builtin:"):
+        from robustsweep.resources import builtin_encoder_dir
+
+        try:
+            return model_type_in(builtin_encoder_dir())
+        except RobustSweepError:
+            return None
+    if source.startswith("hf:"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        cached = try_to_load_from_cache(source[3:], "config.json")
+        return model_type_in(Path(cached).parent) if isinstance(cached, str) else None
+    return model_type_in(Path(source).expanduser())
+
+
+def check_model_family(cfg: JobConfig) -> None:
+    """The model's family is in the table and can run the job's method(s) (one line if not)."""
+    from robustsweep.models.families import family_of, incompatible_message, unknown_family_message
+
+    model_type = _model_type(cfg.model.source)
+    if model_type is None:
+        return
+    family = family_of(model_type)
+    if family is None:
+        raise _fail("model.source", f"{cfg.model.source!r}: {unknown_family_message(model_type)}")
+    methods = [("method.name", cfg.method.name)]
+    if cfg.sweep is not None:
+        methods += [("sweep.methods", m) for m in cfg.sweep.methods]
+    for where, method in methods:
+        message = incompatible_message(family, method)
+        if message is not None:
+            raise _fail(where, message)
+
+
 # --------------------------------------------------------------------------------------------
 # Attacks and the metrics a job produces
 
@@ -366,6 +407,7 @@ def _resolve(cfg: JobConfig, *, probe: bool, read_data: bool, need_sweep: bool) 
         raise ConfigError(f"job {cfg.name!r} has no sweep: section (see jobs/quickstart_sweep.yaml)")
     knobs = registry.validate_knobs(cfg.method.name, cfg.method.knobs).model_dump(mode="json")
     check_model_source(cfg.model.source)
+    check_model_family(cfg)
     stats = check_sources(cfg, read_data)
     attacks, proxy = resolve_attacks(cfg)
     epoch, final = job_metrics(cfg, attacks, proxy)

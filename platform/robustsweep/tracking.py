@@ -100,15 +100,26 @@ def start_run(
     return run_id
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log finite numeric metrics in batches (one call per 100 values, not one per value)."""
+def finite_metrics(values: Mapping[str, Any], skip: Iterable[str] = ()) -> dict[str, float]:
+    """The finite numbers of ``values`` as floats (no booleans, NaN, inf or other types): what
+    MLflow, Tune and reports take as metrics; keys in ``skip`` are left out."""
     import math
 
+    skipped = frozenset(skip)
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if k not in skipped and isinstance(v, (int, float)) and not isinstance(v, bool)
+        and math.isfinite(float(v))
+    }
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log finite numeric metrics in batches (one call per 100 values, not one per value)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    items = [Metric(k, v, now, step or 0) for k, v in finite_metrics(metrics).items()]
     mlf = client(uri)
     for start in range(0, len(items), BATCH_LIMIT):
         chunk = items[start:start + BATCH_LIMIT]
@@ -140,6 +151,69 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def run_status(uri: str, run_id: str) -> str:
     return _retry(lambda: client(uri).get_run(run_id).info.status, "get run")
+
+
+def reopen_run(uri: str, run_id: str, *, drop_tags: Iterable[str] = (),
+               tags: Mapping[str, str] | None = None) -> None:
+    """Set a closed run back to RUNNING (a resumed trial or sweep), removing ``drop_tags`` (a
+    status tag its closing left) and adding ``tags``."""
+    mlf = client(uri)
+    run = _retry(lambda: mlf.get_run(run_id), "get run")
+    if run.info.status != "RUNNING":
+        _retry(lambda: mlf.update_run(run_id, status="RUNNING"), "reopen run")
+    for key in drop_tags:
+        if key in run.data.tags:
+            _retry(lambda key=key: mlf.delete_tag(run_id, key), "delete tag")
+    if tags:
+        set_tags(uri, run_id, tags)
+
+
+def get_run(uri: str, run_id: str, attempts: int = 4) -> Any:
+    """The MLflow run (info, data.params/metrics/tags)."""
+    return _retry(lambda: client(uri).get_run(run_id), f"get run {run_id}", attempts)
+
+
+def child_runs(uri: str, parent_run_id: str, *, status: str | None = None,
+               attempts: int = 4) -> list[Any]:
+    """The nested runs of ``parent_run_id`` (only those in ``status`` when given)."""
+    mlf = client(uri)
+    experiment = get_run(uri, parent_run_id, attempts).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return _retry(lambda: mlf.search_runs([experiment], query, max_results=50000),
+                  "search runs", attempts)
+
+
+def close_running_children(uri: str, parent_run_id: str, status_tag: str) -> list[str]:
+    """End every RUNNING child run of ``parent_run_id`` as KILLED, tagged
+    ``robustsweep.status=<status_tag>``; their ids."""
+    closed = []
+    for run in child_runs(uri, parent_run_id, status="RUNNING"):
+        set_tags(uri, run.info.run_id, {"robustsweep.status": status_tag})
+        end_run(uri, run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def download_artifact(uri: str, run_id: str, name: str, directory: Path) -> Path | None:
+    """The run's top-level artifact ``name`` downloaded into ``directory``; None if the run has
+    none (no progress bar: one per download floods a terminal)."""
+    import os
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        mlf = client(uri)
+        if name not in {a.path for a in mlf.list_artifacts(run_id)}:
+            return None
+        return Path(mlf.download_artifacts(run_id, name, str(directory)))
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 # ---- what a user sees on first open -------------------------------------------------------------
@@ -291,3 +365,34 @@ def sweep_params(job: Mapping[str, Any], total_trials: int | None = None) -> dic
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()
             if v not in (None, "", [])}
+
+
+# ---- a sweep's report settings on its parent run --------------------------------------------------
+# Parent-run tags that carry the report settings (JSON values), so a report can be built from
+# the parent run alone (``report.records.from_mlflow``).
+OBJECTIVES_TAG = "robustsweep.objectives"
+RANK_TAG = "robustsweep.rank_by"
+RANK_MIN_TAG = "robustsweep.rank_min"
+KNOBS_TAG = "robustsweep.knob_space"
+SWEEP_DIR_TAG = "robustsweep.sweep_dir"
+
+
+def report_settings(sweep: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str, dict[str, float]]:
+    """Objectives, ranking metric and ranking floors from a sweep config dict."""
+    objectives = [(o["metric"], o.get("mode", "max")) for o in sweep.get("objectives", [])] or [
+        ("clean_accuracy", "max")
+    ]
+    return objectives, sweep.get("rank_by") or objectives[0][0], dict(sweep.get("rank_min") or {})
+
+
+def report_tags(sweep: Mapping[str, Any], knob_space: Mapping[str, list]) -> dict[str, str]:
+    """Parent-run tags from which a report rebuilds its settings."""
+    import json
+
+    objectives, rank_by, rank_min = report_settings(sweep)
+    return {
+        OBJECTIVES_TAG: json.dumps(objectives),
+        RANK_TAG: rank_by,
+        RANK_MIN_TAG: json.dumps(rank_min),
+        KNOBS_TAG: json.dumps(knob_space),
+    }

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_adapter, make_tiny_task
-from robustsweep import textattack_env
 from robustsweep.methods import build
 from robustsweep.methods.base import RobustMethod
+from robustsweep.resources import textattack_env
 
 
 @pytest.fixture(scope="module")

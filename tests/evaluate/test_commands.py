@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from robustsweep import textattack_env
 from robustsweep.cli import main
+from robustsweep.resources import textattack_env
 
 
 def test_doctor_reports_offline_attacks_runnable(capsys: pytest.CaptureFixture[str]) -> None:

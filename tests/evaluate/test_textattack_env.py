@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robustsweep import textattack_env
-from robustsweep.resources import sha256_of
+from robustsweep.resources import sha256_of, textattack_env
 
 
 def _sdist() -> Path:
@@ -69,7 +68,7 @@ def test_bad_sdist_checksum_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_import_without_provisioning_names_the_fix(tmp_path: Path) -> None:
     env = {**os.environ, "ROBUSTSWEEP_CACHE": str(tmp_path / "empty")}
-    code = ("from robustsweep.textattack_env import import_textattack\n"
+    code = ("from robustsweep.resources.textattack_env import import_textattack\n"
             "try:\n    import_textattack()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, check=False).stdout

@@ -98,3 +98,26 @@ def test_deadline_raises_timeout(method: RobustMethod) -> None:
         wrapper(TEXTS)
     wrapper.deadline = None
     assert wrapper(TEXTS).shape == (len(TEXTS), 2)
+
+
+def test_bf16_victim_queries_are_close_to_fp32_and_opt_in(method: RobustMethod) -> None:
+    fp32 = MethodModelWrapper(method)(TEXTS)
+    bf16 = MethodModelWrapper(method, precision="bf16")(TEXTS)
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert not np.array_equal(bf16, fp32)  # really ran in bf16
+    np.testing.assert_allclose(bf16, fp32, atol=0.1)
+    assert np.array_equal(bf16.argmax(1), fp32.argmax(1))
+
+
+def test_attack_precision_is_in_the_profile_hash_only_when_not_fp32() -> None:
+    from robustsweep.config import EvalConfig
+    from robustsweep.evaluate.profiles import effective_profile, load_profile
+
+    stock = load_profile("pwws")
+    assert stock.hash.startswith("052f8f8fce07")  # the hash every fp32 result was recorded under
+    fp32 = effective_profile("pwws", EvalConfig(attacks=["pwws"], attack_examples=100,
+                                                attack_precision="fp32"))
+    bf16 = effective_profile("pwws", EvalConfig(attacks=["pwws"], attack_examples=100,
+                                                attack_precision="bf16"))
+    assert fp32.hash == effective_profile("pwws", EvalConfig(attacks=["pwws"])).hash
+    assert bf16.precision == "bf16" and bf16.hash != fp32.hash

@@ -11,8 +11,9 @@ from _grad_checks import assert_reduces_to_vanilla, build, grads, max_grad_diff,
 
 from conftest import TINY_VOCAB, make_batch
 from robustsweep.errors import ResourceError
-from robustsweep.methods import rift
 from robustsweep.methods._common import embedding_output, eo_forward, kl_per_example
+from robustsweep.methods.rift import method as rift
+from robustsweep.methods.rift import synonyms
 
 FAST = {"ascc_steps": 3, "n_synonyms": 4}
 
@@ -128,7 +129,7 @@ def test_class_infonce_skips_classes_with_fewer_than_two_examples() -> None:
 def test_embedding_neighbours_are_nearest_whole_words() -> None:
     weight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.95, 0.05]])
     is_word = torch.tensor([True, True, True, True, False])
-    table = rift.embedding_neighbours(weight, is_word, k=2)
+    table = synonyms.embedding_neighbours(weight, is_word, k=2)
     assert table[0].tolist() == [1, 3]  # id 4 is closest but not a word; never itself
     assert table[2].tolist() == [3, 1]
     assert table[4].tolist() == [-1, -1]
@@ -148,10 +149,10 @@ class FakeTokenizer:
 
 def test_word_tokens_wordpiece_and_bpe() -> None:
     wordpiece = FakeTokenizer(["[PAD]", "good", "##ing", "a", ",", "film", "[unused1]", "42"])
-    assert rift.word_token_mask(wordpiece, 9).tolist() == [
+    assert synonyms.word_token_mask(wordpiece, 9).tolist() == [
         False, True, False, False, False, True, False, False, False]
     bpe = FakeTokenizer(["<pad>", "Ġgood", "ing", "Ġa", "Ġ,", "Ġfilm", "film"])
-    assert rift.word_token_mask(bpe, 7).tolist() == [False, True, False, False, False, True, False]
+    assert synonyms.word_token_mask(bpe, 7).tolist() == [False, True, False, False, False, True, False]
 
 
 def test_wordnet_table_keeps_single_token_lemmas(monkeypatch) -> None:
@@ -173,7 +174,7 @@ def test_wordnet_table_keeps_single_token_lemmas(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "nltk", types.ModuleType("nltk"))
     monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
     tokenizer = FakeTokenizer(["[PAD]", "good", "fine", "film", "movie", "##s"])
-    table = rift.wordnet_neighbours(tokenizer, rift.word_token_mask(tokenizer, 6), k=2)
+    table = synonyms.wordnet_neighbours(tokenizer, synonyms.word_token_mask(tokenizer, 6), k=2)
     assert table.tolist() == [[-1, -1], [2, -1], [-1, -1], [4, -1], [-1, -1], [-1, -1]]
 
 
@@ -227,11 +228,11 @@ def test_passes_per_step_counts_the_ascc_steps() -> None:
 
 def test_polarity_flips_are_dropped_and_rows_stay_nearest_first() -> None:
     tokenizer = FakeTokenizer(["[PAD]", "good", "bad", "great", "film", "boring", "exciting"])
-    polarity = rift.token_polarity(tokenizer, 7)
+    polarity = synonyms.token_polarity(tokenizer, 7)
     assert polarity.tolist() == [0, 1, -1, 1, 0, -1, 1]  # "boring" via its lemma "bore"
     table = torch.tensor([[-1, -1, -1], [2, 3, 4], [1, 3, -1], [1, 2, 4], [1, 2, 3],
                           [6, 4, 1], [5, 3, 4]])
-    out = rift.compact_table(table, ~rift.polarity_flips(table, polarity), k=2)
+    out = synonyms.compact_table(table, ~synonyms.polarity_flips(table, polarity), k=2)
     assert out[1].tolist() == [3, 4]  # good: "bad" dropped, "great" and "film" kept in order
     assert out[2].tolist() == [-1, -1]  # bad: both neighbours positive
     assert out[4].tolist() == [1, 2]  # a neutral word keeps everything
@@ -241,7 +242,7 @@ def test_polarity_flips_are_dropped_and_rows_stay_nearest_first() -> None:
 
 def test_neighbours_below_the_similarity_floor_are_dropped() -> None:
     weight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    table = rift.embedding_neighbours(weight, torch.ones(4, dtype=torch.bool), k=2,
+    table = synonyms.embedding_neighbours(weight, torch.ones(4, dtype=torch.bool), k=2,
                                       min_similarity=0.5)
     assert table[0].tolist() == [1, -1]  # id 3 has cosine 0.11 with id 0
     assert table[2].tolist() == [3, -1]
@@ -249,12 +250,12 @@ def test_neighbours_below_the_similarity_floor_are_dropped() -> None:
 
 def test_stopwords_get_no_substitutes_and_are_none() -> None:
     tokenizer = FakeTokenizer(["[PAD]", "the", "film", "movie", "an"])
-    stop = rift.stopword_ids(tokenizer, 5)
+    stop = synonyms.stopword_ids(tokenizer, 5)
     assert stop.tolist() == [False, True, False, False, True]
     table = torch.tensor([[-1, -1], [4, 2], [3, 1], [2, 4], [1, 2]])
     keep = ~stop[table.clamp(min=0)]
     keep[stop] = False
-    assert rift.compact_table(table, keep, k=2).tolist() == [
+    assert synonyms.compact_table(table, keep, k=2).tolist() == [
         [-1, -1], [-1, -1], [3, -1], [2, -1], [-1, -1]]
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robustsweep.sweep import manifest as mf
+from robustsweep.state import manifest as mf
 
 OBJECTIVES = [
     {"metric": "clean_accuracy", "mode": "max"},

@@ -11,10 +11,10 @@ import optuna
 import pytest
 
 from robustsweep import tracking
-from robustsweep.sweep import manifest as mf
+from robustsweep.state import manifest as mf
 from robustsweep.sweep import monitor as mon
+from robustsweep.sweep.lifecycle import reconcile
 from robustsweep.sweep.params import FINAL_KEY
-from robustsweep.sweep.tuner import reconcile
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from robustsweep.errors import ConfigError
-from robustsweep.sweep import manifest as mf
+from robustsweep.state import manifest as mf
 
 
 def make(tmp_path: Path, num_samples: int = 4) -> mf.Manifest:

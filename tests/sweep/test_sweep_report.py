@@ -19,7 +19,8 @@ from robustsweep.report import build_report
 from robustsweep.report import leaderboard as lb
 from robustsweep.report.pareto import dominates, pareto_front
 from robustsweep.report.plots import pareto_axes, pareto_plot, varying_knobs
-from robustsweep.report.records import from_mlflow, from_sweep_dir, load, report_tags
+from robustsweep.report.records import from_mlflow, from_sweep_dir, load
+from robustsweep.tracking import report_tags
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,9 +10,10 @@ import pytest
 from robustsweep.config import SweepConfig
 from robustsweep.errors import ConfigError
 from robustsweep.jobfile import validate_job
-from robustsweep.sweep import manifest as mf
-from robustsweep.sweep import tuner
+from robustsweep.state import manifest as mf
+from robustsweep.sweep.lifecycle import clear_output_dir
 from robustsweep.sweep.params import FINAL_KEY, TrialSpace, resolve_spaces
+from robustsweep.sweep.plan import build_scheduler, plan_resources
 from robustsweep.sweep.search import (
     build_searcher,
     dashboard_command,
@@ -115,7 +116,7 @@ def job(**kw):
 
 
 def test_asha_never_stops_a_trial_at_its_last_epoch():
-    scheduler = tuner.build_scheduler(
+    scheduler = build_scheduler(
         job(
             sweep={
                 "methods": ["vanilla"],
@@ -125,9 +126,9 @@ def test_asha_never_stops_a_trial_at_its_last_epoch():
     )
     assert scheduler._time_attr == "epoch" and scheduler._max_t == 2
     assert scheduler._stop_last_trials is False and scheduler.metric == "train_loss"
-    assert type(tuner.build_scheduler(job())).__name__ == "FIFOScheduler"
+    assert type(build_scheduler(job())).__name__ == "FIFOScheduler"
     with pytest.raises(ConfigError, match="grace_period"):
-        tuner.build_scheduler(
+        build_scheduler(
             job(train={"epochs": 1}, sweep={"methods": ["vanilla"], "asha": {"enabled": True}})
         )
 
@@ -167,9 +168,9 @@ def test_concurrency_comes_from_free_cpus(monkeypatch, cluster, free, scaling, s
     monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
     monkeypatch.setattr(ray, "available_resources", lambda: free)
     cfg = job(scaling=scaling, sweep={"methods": ["vanilla"], **sweep})
-    plan = tuner.plan_resources(cfg, total=10)
+    plan = plan_resources(cfg, total=10)
     assert (plan.cpus_per_worker, plan.max_concurrent) == expected
-    assert tuner.plan_resources(cfg, total=1).max_concurrent == 1
+    assert plan_resources(cfg, total=1).max_concurrent == 1
 
 
 def test_missing_trial_driver_resource_is_a_clear_error(monkeypatch):
@@ -178,10 +179,10 @@ def test_missing_trial_driver_resource_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4})
     monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 4})
     with pytest.raises(ConfigError, match="--resources='{\"trial_driver\": 100}'"):
-        tuner.plan_resources(job(), total=2)
+        plan_resources(job(), total=2)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1, "trial_driver": 5})
     with pytest.raises(ConfigError, match="a trial needs 2 x 1 CPUs"):
-        tuner.plan_resources(job(scaling={"num_workers": 2}), total=2)
+        plan_resources(job(scaling={"num_workers": 2}), total=2)
 
 
 def _real_manifest(sweep_dir: Path) -> None:
@@ -192,26 +193,26 @@ def _real_manifest(sweep_dir: Path) -> None:
 
 
 def test_a_new_sweep_never_clobbers_other_files(tmp_path: Path):
-    tuner._clear(tmp_path / "fresh", overwrite=False)  # missing or empty: fine
+    clear_output_dir(tmp_path / "fresh", overwrite=False)  # missing or empty: fine
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no sweep plus files a sweep never writes"):
-        tuner._clear(other, overwrite=True)
+        clear_output_dir(other, overwrite=True)
     old = tmp_path / "old"
     (old / "trials" / "t1").mkdir(parents=True)
     _real_manifest(old)
     with pytest.raises(ConfigError, match="--resume .* or pass --overwrite"):
-        tuner._clear(old, overwrite=False)
-    tuner._clear(old, overwrite=True)
+        clear_output_dir(old, overwrite=False)
+    clear_output_dir(old, overwrite=True)
     assert old.is_dir() and not any(old.iterdir())  # our entries gone, the directory kept
     partial = tmp_path / "partial"  # a start that died before its manifest
     partial.mkdir()
     (partial / "optuna.db").write_text("")
     with pytest.raises(ConfigError, match="pass --overwrite to start over"):
-        tuner._clear(partial, overwrite=False)
+        clear_output_dir(partial, overwrite=False)
     with pytest.raises(ConfigError, match="no robustsweep manifest"):
-        tuner._clear(partial, overwrite=True)
+        clear_output_dir(partial, overwrite=True)
     assert (partial / "optuna.db").exists()
 
 
@@ -223,7 +224,7 @@ def test_overwrite_never_deletes_a_project_with_a_lookalike_manifest(tmp_path: P
     (project / "README.md").write_text("# mine\n")
     (project / "manifest.json").write_text('{"name": "my-app", "version": 1}')
     with pytest.raises(ConfigError, match="files a sweep never writes \\(README.md, src\\)"):
-        tuner._clear(project, overwrite=True)
+        clear_output_dir(project, overwrite=True)
     assert (project / "src" / "app.py").read_text() == "print('hi')\n"
     # Only sweep-named entries but a manifest that is not ours: still refused.
     lookalike = tmp_path / "lookalike"
@@ -231,7 +232,7 @@ def test_overwrite_never_deletes_a_project_with_a_lookalike_manifest(tmp_path: P
     (lookalike / "trials" / "keep.txt").write_text("x")
     (lookalike / "manifest.json").write_text('{"version": 1}')
     with pytest.raises(ConfigError, match="not a robustsweep sweep manifest"):
-        tuner._clear(lookalike, overwrite=True)
+        clear_output_dir(lookalike, overwrite=True)
     assert (lookalike / "trials" / "keep.txt").exists()
     # A real sweep next to a user's file: refused, nothing deleted.
     mixed = tmp_path / "mixed"
@@ -239,5 +240,5 @@ def test_overwrite_never_deletes_a_project_with_a_lookalike_manifest(tmp_path: P
     _real_manifest(mixed)
     (mixed / "thesis.tex").write_text("x")
     with pytest.raises(ConfigError, match="holds a sweep plus files a sweep never writes"):
-        tuner._clear(mixed, overwrite=True)
+        clear_output_dir(mixed, overwrite=True)
     assert (mixed / "thesis.tex").exists() and (mixed / "manifest.json").exists()

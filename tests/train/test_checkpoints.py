@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustsweep.train.checkpoints import (
-    STATE_FILE,
-    latest_checkpoint,
-    read_checkpoint,
-    restore_rng_state,
-    rng_state,
-    write_checkpoint,
-)
+from robustsweep.state.trial import STATE_FILE, latest_checkpoint, read_checkpoint, write_checkpoint
+from robustsweep.train.checkpoints import restore_rng_state, rng_state
 
 
 def test_latest_complete_checkpoint_skips_truncated_copies(tmp_path: Path) -> None:

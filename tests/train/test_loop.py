@@ -14,7 +14,7 @@ from conftest import make_batch, make_tiny_adapter, make_tiny_task
 from robustsweep.jobfile import validate_job
 from robustsweep.methods import build
 from robustsweep.methods.vanilla import Vanilla
-from robustsweep.train.checkpoints import read_checkpoint, write_checkpoint
+from robustsweep.state.trial import read_checkpoint, write_checkpoint
 from robustsweep.train.loop import (
     Sharding,
     fit,

@@ -9,7 +9,7 @@ import pytest
 
 from robustsweep.cli import main
 from robustsweep.jobfile import load_job
-from robustsweep.train.checkpoints import latest_checkpoint
+from robustsweep.state.trial import latest_checkpoint
 from robustsweep.train.trial import TrialFailed, run_trial
 
 SMOKE = Path(__file__).parents[2] / "jobs" / "smoke.yaml"

@@ -205,7 +205,7 @@ def _build_offline(names: list[str]) -> dict[str, str]:
 
 
 def offline_findings(deep: bool) -> list[Finding]:
-    from robustsweep import textattack_env
+    from robustsweep.resources import textattack_env
 
     return [Finding(OK if c.ok else MISSING, c.name, c.detail,
                     "" if c.ok else "robustsweep prefetch")

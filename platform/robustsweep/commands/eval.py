@@ -2,10 +2,10 @@
 into the trial's own MLflow run.
 
 ``--run`` takes a trial output dir, a checkpoint dir inside it, or an MLflow run id (found by
-searching ``--search`` dirs for the trial.json that names it). Per-example tables resume: run
+searching ``--search`` dirs for the trial record that names it). Per-example tables resume: run
 the same command again after an interruption and it continues where it stopped.
 
-Trust: only a directory with a robustsweep trial record (``trial.json`` holding a valid job)
+Trust: only a directory with a robustsweep trial record (``TrialDir.trial_file`` holding a valid job)
 is loaded, its checkpoint with ``torch.load(weights_only=True)``; a record asking for
 ``model.trust_remote_code`` is refused unless ``--trust-remote-code`` is given (docs/reliability.md).
 """
@@ -13,9 +13,6 @@ is loaded, its checkpoint with ``torch.load(weights_only=True)``; a record askin
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_trial_record(trial_dir: Path, trust_remote_code: bool) -> dict[str, Any]:
     """The trial record if ``trial_dir`` holds a robustsweep trial whose model this command
     may load: a JSON object with a valid ``job``; remote code only with the user's flag."""
+    import json
+
     from robustsweep.errors import ConfigError
     from robustsweep.jobfile import validate_job
+    from robustsweep.state.trial import TrialDir
 
-    path = trial_dir / "trial.json"
+    path = TrialDir(trial_dir).trial_file
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -98,18 +98,13 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, object]:
 def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict[str, float],
                   tags: dict[str, str], artifacts: list[Path], step: int) -> None:
     """Append metrics, tags and artifacts to an existing run (which stays in its state)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
+    from robustsweep import tracking
 
-    client = MlflowClient(tracking_uri)
-    now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items()) if math.isfinite(v)]
-    for start in range(0, len(rows), 500):
-        client.log_batch(run_id, metrics=rows[start:start + 500])
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
+    tracking.set_tags(tracking_uri, run_id, tags)
     for path in artifacts:
         sub = "eval" if path.parent.name in ("eval", "") else f"eval/{path.parent.name}"
-        client.log_artifact(run_id, str(path), artifact_path=sub)
+        tracking.log_artifacts(tracking_uri, run_id, [path], artifact_path=sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
     from robustsweep.evaluate import trial as trials
     from robustsweep.evaluate.suite import clean_metrics, final_metrics, profile_tags
+    from robustsweep.state.trial import TrialDir
 
     search = args.search or [Path("runs")]
     trial_dir, checkpoint = trials.resolve(args.run, [p.resolve() for p in search])
@@ -137,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         eval_cfg = eval_cfg.model_validate({**eval_cfg.model_dump(), **update})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "eval flags")) from None
-    out_dir = (args.out or trial_dir / "eval").resolve()
+    out_dir = (args.out or TrialDir(trial_dir).eval_dir).resolve()
     print(f"trial {trial_dir} (checkpoint {checkpoint.relative_to(trial_dir)})")
 
     clean = clean_metrics(loaded.method, loaded.task, eval_cfg)
@@ -152,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_log:
         return 0
     if not loaded.run_id:
-        print("trial.json names no MLflow run: results stay in", out_dir)
+        print("the trial record names no MLflow run: results stay in", out_dir)
         return 0
     log_to_mlflow(loaded.tracking_uri, loaded.run_id, metrics, tags, artifacts,
                   step=loaded.cfg.train.epochs)

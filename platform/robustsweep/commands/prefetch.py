@@ -106,13 +106,13 @@ def fetch_dataset(source: str) -> str:
 def _warm_recipe(name: str) -> None:
     import nltk
 
-    from robustsweep import textattack_env
     from robustsweep.config import ModelConfig
     from robustsweep.evaluate.profiles import load_profile
     from robustsweep.evaluate.recipes import build_attack
     from robustsweep.evaluate.wrapper import MethodModelWrapper
     from robustsweep.methods import build
     from robustsweep.models import load_model
+    from robustsweep.resources import textattack_env
 
     for resource in CONNECTED_NLTK:
         nltk.download(resource, download_dir=str(textattack_env.nltk_data_dir()), quiet=True)
@@ -123,8 +123,7 @@ def _warm_recipe(name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustsweep import textattack_env
-    from robustsweep.resources import cache_dir
+    from robustsweep.resources import cache_dir, textattack_env
 
     models, data = list(args.model), list(args.data)
     if args.job:

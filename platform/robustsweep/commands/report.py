@@ -1,7 +1,7 @@
 """Build a sweep's report: leaderboard (Markdown + CSV), paired comparison against vanilla,
 seed aggregates, Pareto plot and per-knob plots.
 
-From a sweep directory the report is built from the trials' results.json records (no MLflow
+From a sweep directory the report is built from the trials' results records (no MLflow
 needed); from a plain directory of results records (``*.json``, any depth) the same way; from
 an MLflow parent run id it is read through MlflowClient. All three give the same files for the
 same trials; they are logged to the sweep's parent run when MLflow is reachable.

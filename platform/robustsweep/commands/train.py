@@ -28,6 +28,7 @@ def print_summary(result: TrialResult) -> None:  # noqa: F821 - imported lazily 
     from rich.table import Table
 
     from robustsweep import tracking
+    from robustsweep.state.trial import TrialDir
 
     table = Table(title="Trial results", title_justify="left")
     table.add_column("metric", style="cyan")
@@ -37,7 +38,7 @@ def print_summary(result: TrialResult) -> None:  # noqa: F821 - imported lazily 
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console = Console(soft_wrap=True)
     console.print(table)
-    console.print(f"results   : {result.trial_dir / 'results.json'}")
+    console.print(f"results   : {TrialDir(result.trial_dir).results_file}")
     if result.run_id:
         console.print(f"MLflow run: {result.run_id}")
         console.print(f"MLflow UI : {tracking.ui_command(result.tracking_uri)}")

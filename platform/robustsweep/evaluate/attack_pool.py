@@ -7,6 +7,7 @@ stream back in completion order (the caller writes them to the resumable table).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any, Self
@@ -59,18 +60,30 @@ class AttackPool:
     """
 
     def __init__(self, method: RobustMethod, profile: AttackProfile, workers: int) -> None:
+        self.workers = max(1, workers)
+        self.profile = profile
+        self.actors: list[Any] = []
+        self._started_ray = _ensure_ray(workers)
+        try:
+            self._start(method, profile)
+        except BaseException:
+            # __exit__ never runs when __init__ raises: without this a failed start (an actor
+            # that cannot build its attack, Ctrl-C) leaves actors and a Ray instance running.
+            self.close()
+            raise
+
+    def _start(self, method: RobustMethod, profile: AttackProfile) -> None:
+        """Create the actors and wait until each has built its attack."""
         import ray
 
-        self._started_ray = _ensure_ray(workers)
-        cpus = ray.available_resources().get("CPU", workers)
-        self.workers = max(1, workers)
+        cpus = ray.available_resources().get("CPU", self.workers)
         threads = max(1, int(cpus // self.workers))
-        self.profile = profile
         with inference_mode(method):  # ships the unwrapped model (a DDP wrapper cannot pickle)
             method_ref = ray.put(method)
         actor_cls = ray.remote(num_cpus=min(1.0, cpus / self.workers))(_Worker)
-        self.actors = [actor_cls.remote(method_ref, profile.model_dump(mode="json"), threads)
-                       for _ in range(self.workers)]
+        for _ in range(self.workers):
+            self.actors.append(
+                actor_cls.remote(method_ref, profile.model_dump(mode="json"), threads))
         ray.get([a.ready.remote() for a in self.actors])
 
     def map(self, todo: list[Example]) -> Iterator[ExampleResult]:
@@ -80,12 +93,15 @@ class AttackPool:
         yield from ActorPool(self.actors).map_unordered(lambda a, ex: a.run.remote(ex), todo)
 
     def close(self) -> None:
+        """Kill the actors, and shut Ray down if this pool started it (idempotent)."""
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        actors, self.actors = self.actors, []
+        for actor in actors:
+            with contextlib.suppress(Exception):  # one dead actor must not stop the cleanup
+                ray.kill(actor)
         if self._started_ray:
+            self._started_ray = False
             ray.shutdown()
 
     def __enter__(self) -> Self:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustsweep.errors import ConfigError, ResourceError
-from robustsweep.evaluate.profiles import AttackProfile
+from robustsweep.evaluate.profile_spec import AttackProfile
 
 BuildFn = Callable[[Any], Any]  # model wrapper -> textattack.Attack
 
@@ -150,7 +150,7 @@ def get_recipe(name: str) -> Recipe:
 
 def missing_resources(recipe: Recipe) -> list[str]:
     """What stops this recipe from running here (empty: it can run)."""
-    from robustsweep import textattack_env
+    from robustsweep.resources import textattack_env
 
     missing = [f"{c.name} ({c.detail}; run `robustsweep prefetch`)"
                for c in textattack_env.checks() if not c.ok]
@@ -176,7 +176,7 @@ def _walk(transformation: Any) -> list[Any]:
 
 def build_attack(profile: AttackProfile, wrapper: Any, model_batch_size: int = 1024) -> Any:
     """The recipe's attack with the profile's constraints, budget and batching applied."""
-    from robustsweep.textattack_env import import_textattack
+    from robustsweep.resources.textattack_env import import_textattack
 
     import_textattack()
     from textattack import Attack

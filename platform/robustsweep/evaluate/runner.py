@@ -56,7 +56,7 @@ class AttackRunner:
         from robustsweep.evaluate.recipes import build_attack
 
         self.profile = profile
-        self.wrapper = wrapper or MethodModelWrapper(method)
+        self.wrapper = wrapper or MethodModelWrapper(method, precision=profile.precision)
         self.attack = build_attack(profile, self.wrapper)
         warm_up(self.attack)
 

@@ -2,7 +2,7 @@
 
 Each one changes only what breaks offline or is a known 0.3.11 bug; search methods, goal
 functions and the remaining constraints are TextAttack's own. Import this module only after
-``robustsweep.textattack_env.import_textattack()`` (it imports TextAttack at import time).
+``robustsweep.resources.textattack_env.import_textattack()`` (it imports TextAttack at import time).
 """
 
 from __future__ import annotations

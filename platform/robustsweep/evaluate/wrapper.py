@@ -13,6 +13,7 @@ not import TextAttack.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -48,9 +49,10 @@ class MethodModelWrapper:
     """Score texts with ``method.predict_logits``: batched, length-sorted, cached, deadline-aware."""
 
     def __init__(self, method: RobustMethod, max_batch_size: int = 128, max_batch_tokens: int = 8192,
-                 cache_size: int = 1 << 16) -> None:
+                 cache_size: int = 1 << 16, precision: str = "fp32") -> None:
         assert method.adapter is not None, "method.setup() was not called"
         self.method = method
+        self.precision = precision
         self.model = method.adapter.core  # TextAttack checks the model class for compatibility
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -126,7 +128,7 @@ class MethodModelWrapper:
             lengths = [len(t) for t in texts]
         self.stats.tokens += sum(lengths)
         rows: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
-        with inference_mode(self.method):
+        with inference_mode(self.method), autocast(adapter.device, self.precision):
             for chunk in self._chunks(lengths):
                 self.check_deadline()
                 batch = adapter.encode([texts[i] for i in chunk],
@@ -139,6 +141,13 @@ class MethodModelWrapper:
                     rows[i] = row
         self.stats.scored += len(inputs)
         return rows
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the victim's forwards when asked (logits come back as fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def torch_threads(n: int | None) -> None:

@@ -10,7 +10,6 @@ The module name starts with ``_`` so method discovery does not treat it as a met
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,16 +50,9 @@ def embedding_output(adapter: EncoderAdapter, batch: Batch,
     """E(ids): a fresh call of the embedding block (word + position + type, LayerNorm, dropout).
 
     ``input_ids`` overrides the batch's ids (RIFT embeds candidate substitutions at their own
-    positions). DeBERTa's embedding block also takes the attention mask.
+    positions). How the block is called is the family's business (``EncoderAdapter``).
     """
-    module = adapter.embeddings_module
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"] if input_ids is None else input_ids}
-    params = inspect.signature(module.forward).parameters
-    if "token_type_ids" in batch and "token_type_ids" in params:
-        kwargs["token_type_ids"] = batch["token_type_ids"]
-    if "mask" in params:
-        kwargs["mask"] = batch["attention_mask"]
-    return module(**kwargs)
+    return adapter.embedding_output(batch, input_ids)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ def freelb_accumulate(method: RobustMethod, batch: Batch, knobs: FreeLBKnobs) ->
     """Run the K accumulating passes; returns (mean loss, last logits). Leaves ``.grad`` filled."""
     adapter = method.adapter
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    dim = adapter.core.get_input_embeddings().embedding_dim
+    dim = adapter.embedding_dim
     delta = init_delta(mask, dim, knobs.adv_init_mag, knobs.norm_type)
     dropout_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     total = 0.0

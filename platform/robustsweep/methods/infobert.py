@@ -120,7 +120,7 @@ class InfoBERT(RobustMethod):
 
     def setup(self, adapter: EncoderAdapter, task: Task | None = None) -> None:
         super().setup(adapter, task)
-        self.critic = InfoNCECritic(adapter.core.config.hidden_size).to(adapter.device)
+        self.critic = InfoNCECritic(adapter.hidden_size).to(adapter.device)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.critic.parameters()) if self.critic is not None else []
@@ -143,7 +143,7 @@ class InfoBERT(RobustMethod):
     def training_step(self, batch: Batch) -> dict[str, float]:
         k, adapter = self.knobs, self.adapter
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        delta = init_delta(mask, adapter.core.get_input_embeddings().embedding_dim,
+        delta = init_delta(mask, adapter.embedding_dim,
                            k.adv_init_mag, k.norm_type)
         dropout_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         # Terms stay tensors until the end: an .item() per term would wait for the GPU each time.
@@ -158,7 +158,7 @@ class InfoBERT(RobustMethod):
                 with dropout_mode(self.model, k.adv_dropout, dropout_seed):
                     out = adapter.forward(batch, word_embeds=adapter.word_embeddings(ids) + delta,
                                           output_hidden_states=True)
-                h0, h_cls = out.hidden_states[0], out.hidden_states[-1][:, 0]
+                h0, h_cls = out.hidden_states[0], adapter.pooled(out.hidden_states[-1])
                 ce = F.cross_entropy(out.logits, labels) / k.adv_steps
                 loss = ce
                 if k.beta_ib > 0:

@@ -30,7 +30,7 @@ def embedding_adversary(method: RobustMethod, batch: Batch, knobs: EmbeddingAdve
     """δ_K from K ascent steps on the batch-mean CE, with no parameter gradients written."""
     adapter = method.adapter
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    dim = adapter.core.get_input_embeddings().embedding_dim
+    dim = adapter.embedding_dim
     delta = init_delta(mask, dim, knobs.adv_init_mag, knobs.norm_type)
     with method.no_sync():
         for _ in range(knobs.adv_steps):

@@ -100,6 +100,7 @@ class NoisePlan:
     generators: list[torch.Generator] | None
     lengths: list[int]
     copies: int = 1
+    left_padded: bool = False  # decoders: the real tokens are the last ``n`` positions
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
@@ -108,12 +109,13 @@ class NoisePlan:
         dim = like.shape[-1]
         for b, (gen, n) in enumerate(zip(self.generators, self.lengths)):
             rows = slice(b * self.copies, (b + 1) * self.copies)
-            noise[rows, :n] = torch.randn((self.copies, n, dim), generator=gen).to(like)
+            real = slice(like.shape[1] - n, None) if self.left_padded else slice(0, n)
+            noise[rows, real] = torch.randn((self.copies, n, dim), generator=gen).to(like)
         return noise
 
     def subset(self, examples: list[int], copies: int) -> NoisePlan:
         gens = None if self.generators is None else [self.generators[b] for b in examples]
-        return NoisePlan(gens, [self.lengths[b] for b in examples], copies)
+        return NoisePlan(gens, [self.lengths[b] for b in examples], copies, self.left_padded)
 
     def choice(self, b: int, high: int, size: int) -> torch.Tensor:
         """Stage-2 draws with replacement from ``range(high)``."""
@@ -157,7 +159,7 @@ class RSMI(RobustMethod):
     def setup(self, adapter: EncoderAdapter, task: Task | None = None) -> None:
         super().setup(adapter, task)
         tokenizer = adapter.tokenizer
-        mask_id = getattr(tokenizer, "mask_token_id", None)
+        mask_id = adapter.mask_token_id  # decoders have none: the family's substitute
         if mask_id is None and self.knobs.multi_mask > 0:
             raise MethodError("RSMI masking needs a tokenizer with a mask token (or multi_mask=0)")
         self.mask_id = -1 if mask_id is None else int(mask_id)
@@ -195,11 +197,12 @@ class RSMI(RobustMethod):
     def inference_plan(self, batch: Batch) -> NoisePlan:
         mask = batch["attention_mask"]
         lengths = [int(n) for n in mask.sum(dim=1).tolist()]
+        left = self.adapter.family.padding_side == "left"
         if self.fixed_seed is None:
-            return NoisePlan(None, lengths)
+            return NoisePlan(None, lengths, left_padded=left)
         rows = [batch["input_ids"][b][mask[b].bool()].tolist() for b in range(mask.shape[0])]
         gens = [torch.Generator().manual_seed(input_seed(r, self.fixed_seed)) for r in rows]
-        return NoisePlan(gens, lengths)
+        return NoisePlan(gens, lengths, left_padded=left)
 
     # ---- saliency masking -------------------------------------------------------------------
     def saliency(self, batch: Batch, labels: torch.Tensor | None = None,

@@ -111,8 +111,7 @@ class SMART(RobustMethod):
             terms["smart_skipped"] = float(adv_logits is None)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(
-                    input_ids=batch["input_ids"], **self.adapter.model_inputs(batch)).logits
+                teacher_logits = self.adapter.run(self.teacher, batch).logits
             prox = sym_kl(logits, teacher_logits, detach_targets=True).mean()
             loss = loss + k.prox_weight * prox
             terms["prox"] = prox.item()

@@ -1,8 +1,8 @@
 """Trial records for reports: from a sweep dir, a plain dir of results records, or MLflow.
 
 The sweep dir is the primary source (RobustBench-style: results as data), so a report can be
-built when MLflow is unreachable; from a parent run id the same records come from MlflowClient
-(each finished run's ``results.json`` artifact when it can be read). Every source only gathers
+built when MLflow is unreachable; from a parent run id the same records come from MLflow
+through ``tracking`` (each finished run's results record artifact when it can be read). Every source only gathers
 ``TrialSource``s; ``trial_record`` turns them into ``TrialRecord``s the one same way, so the
 report of a sweep reads the same whichever way it is asked for.
 """
@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustsweep import tracking
 from robustsweep.errors import ConfigError
 from robustsweep.report.stats import complete_intervals
-from robustsweep.sweep import manifest as mf
+from robustsweep.state import manifest as mf
+from robustsweep.state.files import read_json
+from robustsweep.state.trial import RESULTS_FILE, TrialDir
+from robustsweep.tracking import (
+    KNOBS_TAG,
+    OBJECTIVES_TAG,
+    RANK_MIN_TAG,
+    RANK_TAG,
+    SWEEP_DIR_TAG,
+    report_settings,
+)
 
-# Parent-run tags that carry the report settings (JSON values).
-OBJECTIVES_TAG = "robustsweep.objectives"
-RANK_TAG = "robustsweep.rank_by"
-RANK_MIN_TAG = "robustsweep.rank_min"
-KNOBS_TAG = "robustsweep.knob_space"
-SWEEP_DIR_TAG = "robustsweep.sweep_dir"
-RESULTS_FILE = "results.json"
 TRAIN_PREFIX = "train."
-# Bookkeeping that Tune results carry but MLflow and results.json do not: never a metric.
+# Bookkeeping that Tune results carry but MLflow and results record do not: never a metric.
 _NOT_METRICS = frozenset({"epoch"})
 # MLflow run status -> trial status, when no robustsweep.status tag says more.
 _RUN_TO_TRIAL = {
@@ -57,9 +58,9 @@ class TrialRecord:
     run_id: str | None = None
     optuna_trial: int | None = None
     node_id: str | None = None
-    # profile -> {"ids": [...], "outcomes": [...], "profile_hash": ...} (results.json only)
+    # profile -> {"ids": [...], "outcomes": [...], "profile_hash": ...} (results record only)
     attack_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # config hash without the seed (results.json only): the same setup over several seeds
+    # config hash without the seed (results record only): the same setup over several seeds
     setup_hash: str | None = None
 
     @property
@@ -100,12 +101,7 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-        and k not in _NOT_METRICS
-    }
+    return tracking.finite_metrics(metrics, skip=_NOT_METRICS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
 class TrialSource:
     """What a source knows about one trial, before it becomes a TrialRecord.
 
-    ``results`` (the trial's results.json) wins over everything else when present; ``train``
+    ``results`` (the trial's results record) wins over everything else when present; ``train``
     holds the trial's ``train.*`` settings, of which only the searched ones become knobs.
     """
 
@@ -134,7 +130,7 @@ class TrialSource:
 
 
 def canonical_knobs(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
-    """All of a method's knobs, defaults filled and typed by its schema (as results.json has
+    """All of a method's knobs, defaults filled and typed by its schema (as a results record has
     them, keys sorted), so a run's params and its results record give the same knobs; as
     given (sorted) when the schema rejects them."""
     from robustsweep.errors import MethodError
@@ -153,7 +149,7 @@ def searched_train(knob_space: dict[str, list], method: str) -> list[str]:
 
 
 def trial_record(source: TrialSource, knob_space: dict[str, list]) -> TrialRecord:
-    """The TrialRecord of a source: results.json first, then what the sweep/MLflow recorded."""
+    """The TrialRecord of a source: results record first, then what the sweep/MLflow recorded."""
     results = source.results
     method = (results or {}).get("method") or source.method
     knobs = canonical_knobs(method, results.get("knobs", {}) if results else source.knobs)
@@ -186,43 +182,16 @@ def trial_records(sources: list[TrialSource], knob_space: dict[str, list]) -> li
 # From a sweep directory
 
 
-def _settings(sweep: dict[str, Any]) -> tuple[list[tuple[str, str]], str, dict[str, float]]:
-    """Objectives, ranking metric and ranking floors from a sweep config dict."""
-    objectives = [(o["metric"], o.get("mode", "max")) for o in sweep.get("objectives", [])] or [
-        ("clean_accuracy", "max")
-    ]
-    return objectives, sweep.get("rank_by") or objectives[0][0], dict(sweep.get("rank_min") or {})
-
-
-def report_tags(sweep: dict[str, Any], knob_space: dict[str, list]) -> dict[str, str]:
-    """Parent-run tags from which ``from_mlflow`` rebuilds the report settings."""
-    objectives, rank_by, rank_min = _settings(sweep)
-    return {
-        OBJECTIVES_TAG: json.dumps(objectives),
-        RANK_TAG: rank_by,
-        RANK_MIN_TAG: json.dumps(rank_min),
-        KNOBS_TAG: json.dumps(knob_space),
-    }
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _dir_source(trial_id: str, entry: dict[str, Any], trial_dir: Path) -> TrialSource:
-    """A manifest entry plus the trial's results.json and trial.json (the job it trained)."""
+def _dir_source(trial_id: str, entry: dict[str, Any], trial: TrialDir) -> TrialSource:
+    """A manifest entry plus the trial's results and trial records (the job it trained)."""
     params = entry.get("params", {})
-    trial_json = _read_json(trial_dir / "trial.json") or {}
+    trial_json = trial.read_record() or {}
     job = trial_json.get("job") or {}
     return TrialSource(
         trial_id,
         entry.get("method") or (job.get("method") or {}).get("name", "?"),
         entry.get("status", mf.FINISHED),
-        results=_read_json(trial_dir / RESULTS_FILE),
+        results=trial.read_results(),
         knobs=(job.get("method") or {}).get("knobs") or entry.get("knobs", {}),
         metrics=entry.get("metrics", {}),
         train={k: v for k, v in params.items() if k.startswith(TRAIN_PREFIX)},
@@ -234,18 +203,18 @@ def _dir_source(trial_id: str, entry: dict[str, Any], trial_dir: Path) -> TrialS
 
 
 def from_sweep_dir(sweep_dir: Path) -> SweepRecords:
-    """Records from ``manifest.json`` and each trial's ``results.json`` (authoritative)."""
+    """Records from the manifest and each trial's results record (authoritative)."""
     manifest = mf.Manifest.load(sweep_dir)
-    objectives, rank_by, rank_min = _settings(manifest.data["job"].get("sweep") or {})
+    objectives, rank_by, rank_min = report_settings(manifest.data["job"].get("sweep") or {})
     knob_space = manifest.data.get("knob_space", {})
     sources = [
-        _dir_source(trial_id, entry, manifest.trial_dir(trial_id))
+        _dir_source(trial_id, entry, TrialDir(manifest.trial_dir(trial_id)))
         for trial_id, entry in manifest.trials.items()
     ]
     # Trials Tune lost track of (driver killed before it saved state) still count if they ended.
-    for results_file in sorted((manifest.sweep_dir / "trials").glob(f"*/{RESULTS_FILE}")):
-        if results_file.parent.name not in manifest.trials:
-            source = _dir_source(results_file.parent.name, {}, results_file.parent)
+    for trial_dir in manifest.trial_dirs():
+        if trial_dir.name not in manifest.trials:
+            source = _dir_source(trial_dir.name, {}, TrialDir(trial_dir))
             if source.results is not None:
                 sources.append(source)
     name = manifest.data["job"].get("name", manifest.sweep_dir.name)
@@ -268,7 +237,7 @@ def from_sweep_dir(sweep_dir: Path) -> SweepRecords:
 
 
 def is_results_record(data: dict[str, Any]) -> bool:
-    """A results record as finish_trial writes it (not a manifest, trial.json or config)."""
+    """A results record as finish_trial writes it (not a manifest, trial record or config)."""
     return isinstance(data.get("method"), str) and isinstance(data.get("metrics"), dict) \
         and isinstance(data.get("knobs", {}), dict)
 
@@ -280,7 +249,7 @@ def _record_sources(root: Path, skip: Path | None) -> list[TrialSource]:
     for path in sorted(root.rglob("*.json")):
         if skip is not None and skip in path.parents:
             continue
-        data = _read_json(path)
+        data = read_json(path)
         if data is None or not is_results_record(data):
             continue
         identity = (data.get("trial_id"), data.get("run_id"), data.get("finished_at"))
@@ -331,43 +300,26 @@ def _run_status(run: Any) -> str:
     return _RUN_TO_TRIAL.get(run.info.status, mf.RUNNING)
 
 
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """No MLflow progress bar per downloaded record (one per trial floods the terminal)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
-def _run_results(client: Any, run_id: str) -> dict[str, Any] | None:
-    """The run's results.json artifact (what finish_trial logged), or None."""
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+def _run_results(uri: str, run_id: str) -> dict[str, Any] | None:
+    """The run's results record artifact (what finish_trial logged), or None."""
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            if RESULTS_FILE not in {a.path for a in client.list_artifacts(run_id)}:
-                return None
-            path = client.download_artifacts(run_id, RESULTS_FILE, tmp)
+            path = tracking.download_artifact(uri, run_id, RESULTS_FILE, Path(tmp))
         except Exception:  # noqa: BLE001 - unreachable artifact store: fall back to params
             return None
-        data = _read_json(Path(path))
+        data = read_json(path) if path is not None else None
     return data if data is not None and is_results_record(data) else None
 
 
-def _run_source(client: Any, run: Any) -> TrialSource:
-    """A child run's tags, params, metrics and results.json artifact."""
+def _run_source(uri: str, run: Any) -> TrialSource:
+    """A child run's tags, params, metrics and results record artifact."""
     tags, params = run.data.tags, run.data.params
     number = tags.get("robustsweep.optuna_trial")
     return TrialSource(
         tags.get("robustsweep.trial_id", run.info.run_id[:8]),
         tags.get("robustsweep.method") or params.get("method.name", "?"),
         _run_status(run),
-        results=_run_results(client, run.info.run_id),
+        results=_run_results(uri, run.info.run_id),
         knobs={k.removeprefix("method.knobs."): _param_value(v)
                for k, v in params.items() if k.startswith("method.knobs.")},
         metrics=dict(run.data.metrics),
@@ -381,18 +333,12 @@ def _run_source(client: Any, run: Any) -> TrialSource:
 
 def from_mlflow(parent_run_id: str, tracking_uri: str) -> SweepRecords:
     """Records from a sweep's MLflow parent run and its nested child runs."""
-    from robustsweep import tracking
-
-    client = tracking.client(tracking_uri)
     try:
-        parent = client.get_run(parent_run_id)
-        children = client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.mlflow.parentRunId = '{parent_run_id}'",
-            max_results=50000,
-        )
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        parent = tracking.get_run(tracking_uri, parent_run_id, attempts=1)
+        children = tracking.child_runs(tracking_uri, parent_run_id, attempts=1)
+    except tracking.TrackingError as exc:
+        cause = exc.__cause__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ConfigError(f"MLflow run {parent_run_id} at {tracking_uri}: {first}") from None
     tags = parent.data.tags
     objectives = [tuple(o) for o in json.loads(tags.get(OBJECTIVES_TAG, "[]"))] or [
@@ -402,7 +348,7 @@ def from_mlflow(parent_run_id: str, tracking_uri: str) -> SweepRecords:
     name = tags.get("mlflow.runName", parent_run_id).removesuffix("-sweep")
     return SweepRecords(
         name,
-        trial_records([_run_source(client, run) for run in children], knob_space),
+        trial_records([_run_source(tracking_uri, run) for run in children], knob_space),
         objectives,
         tags.get(RANK_TAG) or objectives[0][0],
         source=f"MLflow run {parent_run_id}",
@@ -418,7 +364,7 @@ def load(target: str, tracking_uri: str | None = None, skip: Path | None = None)
     """A sweep dir, a dir of results records, or an MLflow parent run id (with
     ``tracking_uri`` or MLFLOW_TRACKING_URI). ``skip``: a folder of a records dir to ignore."""
     path = Path(target).expanduser()
-    if (path / mf.MANIFEST_FILE).is_file():
+    if mf.Manifest.exists(path):
         return from_sweep_dir(path.resolve())
     if path.is_dir():
         return from_records_dir(path.resolve(), skip)

@@ -1,7 +1,7 @@
 """A records directory: finished trials' results records gathered in one place, across sweeps.
 
 A long grid sweep (the reproduction study) outlives one machine: each finished trial's
-``results.json`` is copied to ``sweep.records_dir`` under a name that carries its config hash,
+results record is copied to ``sweep.records_dir`` under a name that carries its config hash,
 and a new grid sweep on any machine skips the cells whose hash is already recorded there. The
 records are small JSON files (no weights) meant to be committed; reports are built from them.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from robustsweep.config import JobConfig
-from robustsweep.sweep.manifest import atomic_write_json
+from robustsweep.state.files import atomic_write_json
 from robustsweep.sweep.params import NUMBER_KEY, GridCell, trial_job
 
 

@@ -8,17 +8,17 @@ copy, so the monitor pickles only the sweep dir and finds the live manifest thro
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from rich.console import Console
 
-from robustsweep.sweep import manifest as mf
+from robustsweep.state import manifest as mf
+from robustsweep.state.trial import TrialDir
 from robustsweep.sweep.params import FINAL_KEY, METHOD_KEY, NUMBER_KEY, SEED_KEY, searched_knobs
+from robustsweep.tracking import finite_metrics
 
 logger = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True)
@@ -61,22 +61,15 @@ def attach(manifest: mf.Manifest) -> None:
 
 def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trial's own finite numeric metrics from a Tune result."""
-    out = {}
-    for key, value in result.items():
-        if key in _TUNE_KEYS or key.startswith("config/") or isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and math.isfinite(float(value)):
-            out[key] = float(value)
-    return out
+    return finite_metrics(result, skip=_TUNE_KEYS | {k for k in result if k.startswith("config/")})
 
 
-def child_run_id(trial_dir: Path) -> str | None:
-    """The MLflow child run of a trial, from the trial.json that run_trial wrote."""
-    path = trial_dir / "trial.json"
-    try:
-        return json.loads(path.read_text()).get("mlflow_run_id")
-    except (OSError, json.JSONDecodeError):
-        return None
+def child_run_id(manifest: mf.Manifest, trial_id: str) -> str | None:
+    """A trial's MLflow child run: from the manifest, else from the trial's own record."""
+    return (
+        manifest.trials.get(trial_id, {}).get("run_id")
+        or TrialDir(manifest.trial_dir(trial_id)).run_id
+    )
 
 
 def close_child_run(
@@ -86,9 +79,7 @@ def close_child_run(
     from robustsweep import tracking
 
     uri = manifest.tracking_uri
-    run_id = manifest.trials.get(trial_id, {}).get("run_id") or child_run_id(
-        manifest.trial_dir(trial_id)
-    )
+    run_id = child_run_id(manifest, trial_id)
     if not (uri and run_id):
         return
     try:
@@ -100,15 +91,30 @@ def close_child_run(
         logger.warning("could not close MLflow run of trial %s: %s", trial_id, exc)
 
 
+def tag_failure(manifest: mf.Manifest, trial_id: str, message: str) -> None:
+    """Name a failed trial's reason on its MLflow run, whoever closed the run (run_trial
+    closes it FAILED before Tune reports the error, so ``close_child_run`` skips it)."""
+    from robustsweep import tracking
+
+    uri = manifest.tracking_uri
+    run_id = child_run_id(manifest, trial_id)
+    if not (uri and run_id):
+        return
+    try:
+        tracking.set_tags(uri, run_id, {"robustsweep.status": "failed",
+                                        "robustsweep.error": message[:500]})
+    except tracking.TrackingError as exc:
+        logger.warning("could not tag the MLflow run of failed trial %s: %s", trial_id, exc)
+
+
 def collect_trial_record(manifest: mf.Manifest, trial_id: str) -> None:
     """Copy a finished trial's results record into the sweep's ``records_dir``, if it has one."""
     from robustsweep.sweep.collect import collect
-    from robustsweep.train.results import read_results
 
     records_dir = manifest.data.get("records_dir")
     if not records_dir:
         return
-    record = read_results(manifest.trial_dir(trial_id))
+    record = TrialDir(manifest.trial_dir(trial_id)).read_results()
     if record is None or not record.get("config_hash"):
         logger.warning("trial %s finished without a results record to collect", trial_id)
         return
@@ -216,6 +222,7 @@ class SweepMonitor(Callback):
         )
         # run_trial closes its run as FAILED itself, unless its process died first.
         close_child_run(self.manifest, trial.trial_id, mf.FAILED)
+        tag_failure(self.manifest, trial.trial_id, message)
         console.print(f"[red]✘ failed[/] {_label(entry)}  {message}")
 
     def _check_asha_metric(self, metrics: dict[str, float]) -> None:
@@ -240,6 +247,6 @@ def _error_line(trial: Any) -> str:
         text = ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
-        if "Error" in line or "Failed" in line or "error" in line:
+        if any(word in line for word in ("Error", "Failed", "error", "diverged")):
             return line[:300]
     return lines[-1][:300] if lines else "trial failed"

@@ -20,6 +20,7 @@ import torch
 
 from robustsweep.config import JobConfig, TrainConfig
 from robustsweep.data import Task, TextSet
+from robustsweep.errors import RobustSweepError
 from robustsweep.evaluate.suite import clean_metrics, proxy_metrics
 from robustsweep.methods.base import RobustMethod
 from robustsweep.models import EncoderAdapter
@@ -145,6 +146,51 @@ class FitState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class TrainingDiverged(RobustSweepError):
+    """The loss became NaN or infinite: the trial fails (a diverged trial is never a result)."""
+
+
+class DivergenceGuard:
+    """Stops a trial within a few steps of its loss turning NaN/inf.
+
+    A Python float (what ``training_step`` returns) is checked at once, for free. A tensor on
+    an accelerator is folded into one on-device flag and read every ``sync_every`` steps, so the
+    guard adds no per-step host sync there.
+    """
+
+    def __init__(self, sync_every: int = 16, defer_cpu_tensors: bool = False) -> None:
+        self.sync_every = max(1, sync_every)
+        self.defer_cpu_tensors = defer_cpu_tensors  # tests: the accelerator path on a CPU
+        self._flag: torch.Tensor | None = None
+
+    def check(self, loss: float | torch.Tensor, step: int, epoch: int) -> None:
+        """Raise ``TrainingDiverged`` naming the step and the loss once a bad loss is seen."""
+        if isinstance(loss, torch.Tensor) and (loss.device.type != "cpu" or self.defer_cpu_tensors):
+            self._check_on_device(loss.detach(), step, epoch)
+            return
+        value = float(loss)
+        if not math.isfinite(value):
+            raise self._error(value, step, epoch)
+
+    def flush(self, step: int, epoch: int) -> None:
+        """Read the pending on-device flag (end of an epoch: never report a diverged epoch)."""
+        if self._flag is not None and not bool(self._flag):
+            raise self._error(float("nan"), step, epoch, approximate=True)
+
+    def _check_on_device(self, loss: torch.Tensor, step: int, epoch: int) -> None:
+        finite = torch.isfinite(loss).all()
+        self._flag = finite if self._flag is None else self._flag & finite
+        if step % self.sync_every == 0:
+            self.flush(step, epoch)
+
+    @staticmethod
+    def _error(value: float, step: int, epoch: int, approximate: bool = False) -> TrainingDiverged:
+        where = f"by step {step}" if approximate else f"at step {step}"
+        return TrainingDiverged(
+            f"training diverged: loss is {value} {where} (epoch {epoch}); lower train.lr"
+        )
+
+
 def _mean_across_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
     if world_size <= 1 or not torch.distributed.is_initialized():
         return values
@@ -207,6 +253,7 @@ def fit(
             "fit_state": vars(state).copy(),
         }
 
+    guard = DivergenceGuard()
     adapter.model.train()
     for epoch in range(state.epoch + 1, tcfg.epochs + 1):
         indices = sharding.epoch_indices(len(task.train), epoch)
@@ -217,6 +264,7 @@ def fit(
         for step in range(steps_per_epoch):
             batch = next(batches)
             terms = train_step(method, batch, params, optimizer, scheduler, tcfg.max_grad_norm)
+            guard.check(terms["loss"], state.global_step + 1, epoch)
             for key, value in terms.items():
                 sums[key] += float(value)
             state.global_step += 1
@@ -225,6 +273,7 @@ def fit(
                 bar.update(1)
                 if (step + 1) % tcfg.progress_every == 0 or step + 1 == steps_per_epoch:
                     bar.set_description(f"epoch {epoch}/{tcfg.epochs} loss {sums['loss'] / (step + 1):.4f}")
+        guard.flush(state.global_step, epoch)
         if bar is not None:
             bar.close()
         epoch_time = time.perf_counter() - started

@@ -14,13 +14,23 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from robustsweep.config import ClusterConfig, JobConfig
-from robustsweep.train.checkpoints import read_checkpoint, write_checkpoint
+from robustsweep.state.trial import (
+    KEEP_CHECKPOINTS,
+    META_FILE,
+    STATE_FILE,
+    TrialDir,
+    checkpoint_epoch,
+    checkpoint_name,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 # Quiet, localhost-only defaults; users can override any of them in their environment.
 RAY_ENV_DEFAULTS = {
@@ -53,6 +63,22 @@ RAY_NOISE = (
     re.compile(r"Token authentication is (enabled|disabled) for this Ray cluster"),
 )
 TQDM_LINE = re.compile(r"\d+%\|")
+# Runs in every Ray worker process of the job (runtime_env worker_process_setup_hook).
+SETUP_HOOK = "robustsweep.train.ray_trainer.pin_ray_address"
+
+
+def pin_ray_address() -> None:
+    """Point Ray's own in-worker clients at the instance this worker belongs to.
+
+    Train V2's PlacementGroupCleaner (a detached actor) polls the State API through
+    ``StateApiClient(address=None)``; without RAY_ADDRESS that auto-detects running GCS
+    processes and raises "Found multiple active Ray instances" as soon as a second job runs
+    its own local instance on the machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def progress_mode() -> str:
@@ -79,6 +105,29 @@ def is_noise(line: str) -> bool:
     )
 
 
+# Tracebacks Ray itself calls harmless when transient (printed under CPU load by Train V2's
+# autoscaling coordinator): the message and its traceback block are dropped together.
+TRANSIENT_TRACEBACKS = (re.compile(r"Failed to send resource request for train-"),)
+_TRACEBACK_BODY = re.compile(r"^(Traceback \(most recent call last\):|\s|[\w.]+(Error|Exception)\b)")
+
+
+def drop_transient_tracebacks(lines: list[str]) -> list[str]:
+    """``lines`` without each TRANSIENT_TRACEBACKS message and the traceback that follows it."""
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        if any(p.search(line) for p in TRANSIENT_TRACEBACKS):
+            skipping = True
+            continue
+        if skipping and _TRACEBACK_BODY.match(line):
+            if not line[:1].isspace() and not line.startswith("Traceback"):
+                skipping = False  # the exception line closes the block
+            continue
+        skipping = False
+        kept.append(line)
+    return kept
+
+
 def _filter_worker_logs() -> None:
     """Drop ``is_noise`` lines from what Ray forwards to the driver's console (log_to_driver).
 
@@ -94,7 +143,8 @@ def _filter_worker_logs() -> None:
         return
 
     def filtered(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
-        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        lines = [line for line in drop_transient_tracebacks(data.get("lines", []))
+                 if not is_noise(line)]
         if lines:
             original({**data, "lines": lines}, print_file, ignore_prefix)
 
@@ -123,7 +173,10 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     if not address:
         for key, value in LOCAL_RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
-    runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    runtime_env = {
+        "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        "worker_process_setup_hook": SETUP_HOOK,
+    }
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
@@ -162,6 +215,103 @@ def _quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _warn(message: str) -> None:
+    """A worker warning: stderr reaches the driver's console (log_to_driver) and Ray's logs."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _claimed_epoch(directory: Path) -> int:
+    """The epoch ``meta.json`` claims (ordering only; completeness is ``checkpoint_epoch``)."""
+    try:
+        return int(json.loads((directory / META_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def checkpoint_candidates(trial_dir: Path | None, first: list[Path]) -> list[Path]:
+    """``first`` (Ray's or ``--resume``'s pick), then every checkpoint under ``trial_dir/ray``,
+    newest epoch first: the order in which a resume falls back."""
+    found = list(TrialDir(trial_dir).checkpoints_dir.glob(f"*/*/{META_FILE}")) if trial_dir else []
+    others = sorted((m.parent for m in found),
+                    key=lambda d: (_claimed_epoch(d), d.stat().st_mtime), reverse=True)
+    ordered: list[Path] = []
+    for directory in [*first, *others]:
+        if directory.resolve() not in {d.resolve() for d in ordered}:
+            ordered.append(directory)
+    return ordered
+
+
+def load_resume_state(
+    trial_dir: Path | None, first: list[Path]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest checkpoint that loads, and where it is; each bad one is named in a warning.
+
+    A worker killed while a checkpoint is copied leaves a truncated ``state.pt`` (size differs
+    from ``meta.json``); a corrupt disk leaves one that no longer unpickles. Either way the
+    trial resumes from the previous complete checkpoint instead of failing or starting over.
+    """
+    for directory in checkpoint_candidates(trial_dir, first):
+        state_file = directory / STATE_FILE
+        if checkpoint_epoch(directory) < 0:
+            _warn(f"checkpoint {state_file} is incomplete (missing, or its size differs from "
+                  f"{META_FILE}); falling back to the previous checkpoint")
+            continue
+        try:
+            return read_checkpoint(directory), directory
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+            _warn(f"checkpoint {state_file} cannot be loaded ({reason}); falling back to the "
+                  "previous checkpoint")
+    if first:
+        _warn("no complete checkpoint left: training starts again from epoch 1")
+    return None, None
+
+
+def _mark_resumed(uri: str | None, run_id: str | None, state: dict[str, Any], source: str) -> None:
+    """Make a resumption visible in MLflow: tags plus a metric point per resumption."""
+    if not (uri and run_id):
+        return
+    from robustsweep import tracking
+
+    epoch = int(state.get("fit_state", {}).get("epoch", 0))
+    try:
+        tracking.set_tags(uri, run_id, {"robustsweep.resumed": source,
+                                        "robustsweep.resumed_from_epoch": str(epoch)})
+        tracking.log_metrics(uri, run_id, {"resume/from_epoch": float(epoch),
+                                           "resume/at_unix": time.time()}, step=epoch)
+    except tracking.TrackingError as exc:  # a marker is not worth failing the resumed trial
+        _warn(f"could not mark the resumption in MLflow: {exc}")
+
+
+def _attempt_checkpoints(payload: dict[str, Any]) -> list[Path]:
+    """Checkpoints this attempt already wrote, newest first: after a worker restart, one that
+    was persisted but not yet registered with Ray (a kill inside ``ray.train.report``) still
+    counts, instead of training again from epoch 1."""
+    if not payload.get("attempt"):
+        return []
+    attempt = TrialDir(Path(payload["trial_dir"])).checkpoints_dir / payload["attempt"]
+    done = [(checkpoint_epoch(meta.parent), meta.parent) for meta in attempt.glob(f"*/{META_FILE}")]
+    return [directory for epoch, directory in sorted(done, reverse=True) if epoch >= 0]
+
+
+def _resume(checkpoint: Any, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The state to continue from: Ray's checkpoint (or this attempt's newest) after a worker
+    restart, else --resume's."""
+    trial_dir = Path(payload["trial_dir"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state, _ = load_resume_state(trial_dir, [Path(directory)])
+        return state, "worker_restart"
+    if own := _attempt_checkpoints(payload):
+        state, _ = load_resume_state(trial_dir, own[:1])
+        return state, "worker_restart"
+    if payload.get("resume_path"):
+        state, _ = load_resume_state(trial_dir, [Path(payload["resume_path"])])
+        return state, "resume"
+    return None, ""
+
+
 def train_worker(payload: dict[str, Any]) -> None:
     """Runs on every Train worker: build task/model/method, resume, fit, final eval (rank 0)."""
     import ray.train
@@ -183,16 +333,11 @@ def train_worker(payload: dict[str, Any]) -> None:
     if world > 1:
         adapter.model = ray.train.torch.prepare_model(adapter.core, move_to_device=False)
 
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = read_checkpoint(directory)
-    elif payload.get("resume_path"):
-        resume = read_checkpoint(payload["resume_path"])
-
+    resume, source = _resume(ray.train.get_checkpoint(), payload)
     out = Path(payload["trial_dir"])
     uri, run_id = payload.get("tracking_uri"), payload.get("run_id")
+    if resume is not None and rank == 0:
+        _mark_resumed(uri, run_id, resume, source)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], state_fn: Any) -> None:
         report = {**metrics, "epoch": epoch, "done": epoch == cfg.train.epochs}
@@ -203,9 +348,9 @@ def train_worker(payload: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 if uri and run_id:
                     tracking.log_metrics(uri, run_id, metrics, step=epoch)
-            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
+            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=checkpoint_name(epoch))
         # rank 0 only: its synchronous report returns once the checkpoint is persisted, so the
-        # injected failure never cuts a checkpoint copy short (real crashes may; see checkpoints.py)
+        # injected failure never cuts a checkpoint copy short (real crashes may; see state/trial.py)
         if rank == 0 and epoch == payload.get("fail_after_epoch"):
             raise RuntimeError(f"injected failure after epoch {epoch} (ROBUSTSWEEP_FAIL_AFTER_EPOCH)")
 
@@ -216,7 +361,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     bars = os.environ.get(PROGRESS_ENV, "lines") == "bars"
     state = fit(adapter, method, task, cfg, rank=rank, world_size=world, resume=resume,
                 on_epoch_end=on_epoch_end, progress=progress if bars else None,
-                plot_dir=out / "artifacts")
+                plot_dir=TrialDir(out).artifacts_dir)
     if rank == 0:
         finish_trial(method, task, cfg, state, out, payload)
 
@@ -228,7 +373,7 @@ def build_trainer(cfg: JobConfig, payload: dict[str, Any], storage: Path, attemp
     from ray.train.torch import TorchTrainer
 
     cpus = cpus_per_worker(cfg)
-    payload = {**payload, "threads": max(1, int(cpus))}
+    payload = {**payload, "threads": max(1, int(cpus)), "attempt": attempt}
     resources = {"CPU": cpus}
     return TorchTrainer(
         train_worker,
@@ -240,17 +385,9 @@ def build_trainer(cfg: JobConfig, payload: dict[str, Any], storage: Path, attemp
         run_config=ray.train.RunConfig(
             name=attempt,
             storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level=os.environ.get("ROBUSTSWEEP_TRAIN_LOG_LEVEL", "WARNING")),
         ),
     )
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write (a killed driver never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)

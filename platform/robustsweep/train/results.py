@@ -1,6 +1,6 @@
 """The end of a trial on rank 0: final evaluation, one results record, MLflow artifacts.
 
-Each finished trial writes ``results.json`` (RobustBench-style: metrics, knobs, config hash,
+Each finished trial writes its results record (``TrialDir.results_file``) (RobustBench-style: metrics, knobs, config hash,
 git SHA, seed, history, and per attack profile the outcome of every example by id), so reports
 can be built even when MLflow is unreachable and two trials can be compared example by example.
 """
@@ -18,8 +18,8 @@ from robustsweep import tracking
 from robustsweep.config import JobConfig
 from robustsweep.data import Task
 from robustsweep.methods.base import RobustMethod
+from robustsweep.state.trial import TrialDir
 
-RESULTS_FILE = "results.json"
 # Config sections that define *what* is trained and measured (not where it is logged).
 _HASHED_SECTIONS = ("seed", "data", "model", "method", "train", "eval")
 
@@ -59,11 +59,12 @@ def profiles_measured(metrics: dict[str, Any]) -> list[str]:
 
 def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, out: Path,
                  payload: dict[str, Any]) -> dict[str, Any]:
-    """Run the final evaluation suite, write results.json, log everything to MLflow."""
+    """Run the final evaluation suite, write the results record, log everything to MLflow."""
     from robustsweep.evaluate import suite
     from robustsweep.evaluate.outcomes import attack_outcomes
 
-    artifacts_dir = out / "artifacts"
+    trial = TrialDir(out)
+    artifacts_dir = trial.artifacts_dir
     final = {k: v for k, v in state.history[-1].items() if k != "epoch"} if state.history else {}
     extra: dict[str, float] = {}
     files: list[Path] = []
@@ -87,18 +88,12 @@ def finish_trial(method: RobustMethod, task: Task, cfg: JobConfig, state: Any, o
         "attack_outcomes": attack_outcomes(artifacts_dir / "attacks", profiles_measured(extra)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    results_file = trial.write_results(record)
     uri, run_id = payload.get("tracking_uri"), payload.get("run_id")
     if uri and run_id:
         tracking.log_metrics(uri, run_id, extra, step=state.epoch)
         tracking.set_tags(uri, run_id, suite.profile_tags(cfg))
-        tracking.log_artifacts(uri, run_id, [out / RESULTS_FILE])
+        tracking.log_artifacts(uri, run_id, [results_file])
         evaluation_files = sorted({p.resolve() for p in [*artifacts_dir.glob("*"), *files] if p.is_file()})
         tracking.log_artifacts(uri, run_id, evaluation_files, artifact_path="evaluation")
     return record
-
-
-def read_results(trial_dir: Path) -> dict[str, Any] | None:
-    path = trial_dir / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -5,7 +5,6 @@ Used by ``robustsweep train`` and, inside each Tune trial, by the sweep.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ from typing import Any
 from robustsweep import tracking
 from robustsweep.config import JobConfig, flatten, job_to_yaml
 from robustsweep.errors import RobustSweepError
-from robustsweep.train.checkpoints import latest_checkpoint
-from robustsweep.train.ray_trainer import build_trainer, ensure_ray, write_json
-from robustsweep.train.results import config_hash, git_sha, read_results
-
-TRIAL_FILE = "trial.json"
+from robustsweep.state.trial import TrialDir, attempt_name
+from robustsweep.train.ray_trainer import build_trainer, ensure_ray
+from robustsweep.train.results import config_hash, git_sha
 
 
 class TrialFailed(RobustSweepError):
@@ -59,9 +56,12 @@ def _root_cause(exc: BaseException) -> BaseException:
 def open_trial(cfg: JobConfig, trial_dir: Path, *, resume: bool, parent_run_id: str | None,
                run_name: str, tags: dict[str, str] | None) -> dict[str, Any]:
     """Create (or, on resume, reload) the trial record and its MLflow run."""
-    path = trial_dir / TRIAL_FILE
-    if resume and path.is_file():
-        return json.loads(path.read_text())
+    trial = TrialDir(trial_dir)
+    if resume and trial.has_record():
+        record = trial.read_record()
+        if record is None:
+            raise RobustSweepError(f"{trial.trial_file}: unreadable trial record")
+        return record
     uri = cfg.resolved_tracking_uri() if cfg.tracking.enabled else None
     run_id = None
     if uri:
@@ -72,13 +72,13 @@ def open_trial(cfg: JobConfig, trial_dir: Path, *, resume: bool, parent_run_id: 
                   **(tags or {})},
             parent_run_id=parent_run_id, artifact_root=cfg.resolved_output_dir() / "mlartifacts",
         )
-        config_file = trial_dir / "config.yaml"
+        config_file = trial.config_file
         trial_dir.mkdir(parents=True, exist_ok=True)
         config_file.write_text(job_to_yaml(cfg))
         tracking.log_artifacts(uri, run_id, [config_file])
     record = {"job": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": uri,
               "git_sha": git_sha(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(path, record)
+    trial.write_record(record)
     return record
 
 
@@ -104,15 +104,16 @@ def run_trial(
     record = open_trial(cfg, trial_dir, resume=resume, parent_run_id=parent_run_id,
                         run_name=run_name or cfg.name, tags=tags)
     uri, run_id = record["tracking_uri"], record["mlflow_run_id"]
-    resume_path = latest_checkpoint(trial_dir) if resume else None
+    trial = TrialDir(trial_dir)
+    resume_path = trial.latest_checkpoint() if resume else None
     payload = {"job": cfg.model_dump(mode="json"), "trial_dir": str(trial_dir),
                "tracking_uri": uri, "run_id": run_id, "git_sha": record.get("git_sha"),
                "trial_id": trial_dir.name, "resume_path": str(resume_path) if resume_path else None,
                # fault injection for resume tests and chaos drills: fail after this epoch
                "fail_after_epoch": int(os.environ.get("ROBUSTSWEEP_FAIL_AFTER_EPOCH", "0") or 0)}
     ensure_ray(cfg.cluster)
-    attempt = time.strftime("attempt_%Y%m%d_%H%M%S")
-    trainer = build_trainer(cfg, payload, trial_dir / "ray", attempt, callbacks, max_failures)
+    trainer = build_trainer(cfg, payload, trial.checkpoints_dir, attempt_name(), callbacks,
+                            max_failures)
     try:
         trainer.fit()
     except BaseException as exc:
@@ -128,9 +129,10 @@ def run_trial(
         if isinstance(cause, RobustSweepError):
             raise type(cause)(str(cause)) from None
         raise TrialFailed(f"trial {trial_dir.name} failed: {_first_line(cause)}") from exc
-    results = read_results(trial_dir)
+    results = trial.read_results()
     if results is None:
-        raise TrialFailed(f"trial {trial_dir.name}: finished without writing results.json")
+        raise TrialFailed(f"trial {trial_dir.name}: finished without writing "
+                          f"{trial.results_file.name}")
     if uri and run_id:
         tracking.end_run(uri, run_id, "FINISHED")
     return TrialResult(trial_dir, run_id, uri, results["metrics"], results)

@@ -9,7 +9,6 @@ fsync, rename), so a driver killed with ``kill -9`` leaves either the old or the
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -18,8 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from robustsweep.errors import ConfigError
+from robustsweep.state.files import atomic_write_json, is_temp_file
 
 MANIFEST_FILE = "manifest.json"
+TRIALS_DIR = "trials"
+SWEEP_JOB_FILE = "sweep.yaml"
+TUNE_DIR = "tune"
+# What a sweep writes at the top of its output dir (a dir holding only these is a sweep's).
+SWEEP_ENTRIES = frozenset(
+    {
+        MANIFEST_FILE,
+        SWEEP_JOB_FILE,
+        "optuna.db",
+        "mlflow.db",
+        "mlartifacts",
+        TRIALS_DIR,
+        "report",
+        TUNE_DIR,
+    }
+)
 VERSION = 1
 # What makes a manifest.json ours (a lookalike file of someone else's must never pass).
 REQUIRED_KEYS = frozenset({"version", "job", "study", "tracking", "trials", "num_samples"})
@@ -48,33 +64,20 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def temp_name(name: str) -> str:
-    """The temp file ``atomic_write_json`` writes before renaming it to ``name``."""
-    return f".{name}.{os.getpid()}.tmp"
+def resumed_tune_dir(resumes: int) -> str:
+    """The fresh Tune experiment dir of a sweep resumed without Tune state."""
+    return f"{TUNE_DIR}-{resumes}"
 
 
-def is_temp_file(name: str) -> bool:
-    """Whether ``name`` is a temp file left by ``atomic_write_json`` (a driver killed mid-write)."""
-    return bool(re.fullmatch(r"\.[^/]+\.\d+\.tmp", name))
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(temp_name(path.name))
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def unexpected_entries(sweep_dir: Path) -> list[str]:
+    """Entries of ``sweep_dir`` a sweep never writes (our own atomic-write temp files allowed)."""
+    return sorted(
+        p.name
+        for p in sweep_dir.iterdir()
+        if p.name not in SWEEP_ENTRIES
+        and not is_temp_file(p.name)
+        and not re.fullmatch(rf"{TUNE_DIR}-\d+", p.name)  # resumed without Tune state
+    )
 
 
 class Manifest:
@@ -125,7 +128,7 @@ class Manifest:
                 "experiment": experiment,
                 "parent_run_id": parent_run_id,
             },
-            "tune_dir": "tune",
+            "tune_dir": TUNE_DIR,
             "records_dir": records_dir,
             "resumes": [],
             "trials": {},
@@ -173,8 +176,17 @@ class Manifest:
     def tune_dir(self) -> Path:
         return self.sweep_dir / self.data["tune_dir"]
 
+    @staticmethod
+    def trial_dir_in(sweep_dir: Path, trial_id: str) -> Path:
+        """Where the trial with Tune id ``trial_id`` of the sweep in ``sweep_dir`` lives."""
+        return Path(sweep_dir) / TRIALS_DIR / trial_id
+
     def trial_dir(self, trial_id: str) -> Path:
-        return self.sweep_dir / "trials" / trial_id
+        return self.trial_dir_in(self.sweep_dir, trial_id)
+
+    def trial_dirs(self) -> list[Path]:
+        """Every trial directory on disk, also of trials the manifest lost (sorted)."""
+        return sorted(p for p in (self.sweep_dir / TRIALS_DIR).glob("*") if p.is_dir())
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -190,7 +202,7 @@ class Manifest:
                     "trial_id": trial_id,
                     "status": PENDING,
                     "attempts": 0,
-                    "trial_dir": f"trials/{trial_id}",
+                    "trial_dir": f"{TRIALS_DIR}/{trial_id}",
                 },
             )
             metrics = fields.pop("metrics", None)

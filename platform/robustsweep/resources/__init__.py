@@ -1,7 +1,8 @@
-"""Where offline resources live: the builtin encoder, builtin data files and the cache dir.
+"""Offline provisioning: where offline resources live (the builtin encoder, builtin data files,
+the cache dir) and, in ``textattack_env``, TextAttack's NLTK data and lazy import.
 
 Everything here comes from registry (PyPI) packages, so a machine without hub access can run
-the defaults, the demo and the tests.
+the defaults, the demo and the tests. The folder also holds package data (``*.txt``).
 """
 
 from __future__ import annotations

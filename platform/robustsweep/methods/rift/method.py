@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustsweep.errors import ResourceError
-from robustsweep.lexicon import english_stopwords, polarity_lexicon, word_polarity
 from robustsweep.methods._common import (
     allreduce_grads,
     embedding_output,
@@ -42,16 +39,15 @@ from robustsweep.methods._common import (
 from robustsweep.methods.base import BACKWARD_COST, FORWARD_COST, Batch, Knobs, RobustMethod
 from robustsweep.methods.perturb import dropout_mode
 from robustsweep.methods.registry import register
+from robustsweep.methods.rift.synonyms import SynonymSource, synonym_table
 
 if TYPE_CHECKING:
     from robustsweep.data import Task
     from robustsweep.models import EncoderAdapter
 
-SynonymSource = Literal["embedding", "wordnet"]
 PROJ_HIDDEN, PROJ_DIM = 512, 256  # per-class projection MLPs d → 512 → ReLU → 256
 ENTROPY_NORM = 300.0 * 128.0  # official normaliser of the hull-entropy term
 INVALID_LOGIT = 500.0
-WORD_MARKERS = ("Ġ", "▁")  # word-start markers of byte-level BPE and SentencePiece vocabularies
 
 
 class RIFTKnobs(Knobs):
@@ -84,152 +80,6 @@ class RIFTKnobs(Knobs):
     polarity_filter: bool = Field(
         True, description="Drop synonyms of opposite General-Inquirer polarity (good→bad): "
                           "counter-fitted sets exclude antonyms, raw neighbours do not (True)")
-
-
-# ---- synonym tables -----------------------------------------------------------------------------
-def token_words(tokenizer: Any, vocab_size: int) -> list[str] | None:
-    """The whole alphabetic word each vocab id spells ("" for pieces, punctuation, specials).
-
-    None for a bare test tokenizer without ``convert_ids_to_tokens`` (every id is a word).
-    """
-    if not hasattr(tokenizer, "convert_ids_to_tokens"):
-        return None
-    n = min(vocab_size, len(tokenizer))
-    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
-    markers = [m for m in WORD_MARKERS if sum(t.startswith(m) for t in tokens) > n // 10]
-    words = []
-    for tok in tokens:
-        if markers:  # BPE/SentencePiece: a word starts with the marker
-            word = tok[1:] if tok.startswith(markers[0]) else ""
-        else:  # WordPiece: continuation pieces start with ##
-            word = "" if tok.startswith("##") else tok
-        words.append(word if len(word) >= 2 and word.isalpha() else "")
-    return words + [""] * (vocab_size - n)
-
-
-def word_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """Which vocab ids are whole alphabetic words (no specials, sub-word pieces or punctuation)."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "unk_token_id",
-                 "bos_token_id", "eos_token_id"):
-        if getattr(tokenizer, attr, None) is not None:
-            special.add(int(getattr(tokenizer, attr)))
-    words = token_words(tokenizer, vocab_size)
-    if words is None:
-        is_word = torch.ones(vocab_size, dtype=torch.bool)
-    else:
-        is_word = torch.tensor([bool(w) for w in words], dtype=torch.bool)
-    for i in special:
-        if 0 <= i < vocab_size:
-            is_word[i] = False
-    return is_word
-
-
-def token_polarity(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """+1 / −1 / 0 per vocab id: the General Inquirer polarity of the word it spells (or of
-    its stem, so "boring" opposes "exciting")."""
-    words = token_words(tokenizer, vocab_size)
-    if words is None:
-        return torch.zeros(vocab_size, dtype=torch.long)
-    lexicon = polarity_lexicon()
-    return torch.tensor([word_polarity(w, lexicon) if w else 0 for w in words], dtype=torch.long)
-
-
-def polarity_flips(table: torch.Tensor, polarity: torch.Tensor) -> torch.Tensor:
-    """Which table entries have the opposite polarity of their row's word (good → bad).
-
-    Counter-fitted synonym sets (the paper's) keep antonyms apart; raw embedding neighbours do
-    not, and a KL to an antonym swap teaches the model to ignore sentiment.
-    """
-    return (table >= 0) & (polarity.unsqueeze(1) * polarity[table.clamp(min=0)] < 0)
-
-
-def stopword_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """Which vocab ids spell an English stopword (NLTK's list, as the attacks use)."""
-    words = token_words(tokenizer, vocab_size)
-    if words is None:
-        return torch.zeros(vocab_size, dtype=torch.bool)
-    stop = english_stopwords()
-    return torch.tensor([w.lower() in stop for w in words], dtype=torch.bool)
-
-
-def compact_table(table: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
-    """The first ``k`` kept entries per row, in their original (nearest-first) order; −1 pads."""
-    keep = keep & (table >= 0)
-    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
-    compact = torch.where(keep, table, torch.full_like(table, -1)).gather(1, order)
-    out = torch.full((table.shape[0], k), -1, dtype=table.dtype)
-    width = min(k, compact.shape[1])
-    out[:, :width] = compact[:, :width]
-    return out
-
-
-def embedding_neighbours(weight: torch.Tensor, is_word: torch.Tensor, k: int,
-                         min_similarity: float = -1.0, chunk: int = 1024) -> torch.Tensor:
-    """V×k table: the k nearest whole-word ids by cosine in ``weight``, each at least
-    ``min_similarity`` (−1: none)."""
-    vocab = weight.shape[0]
-    table = torch.full((vocab, k), -1, dtype=torch.long)
-    ids = is_word.nonzero().squeeze(1)
-    if k == 0 or ids.numel() < 2:
-        return table
-    emb = F.normalize(weight.detach()[ids.to(weight.device)].float(), dim=-1)
-    k_eff = min(k, ids.numel() - 1)
-    for start in range(0, ids.numel(), chunk):
-        sims = emb[start:start + chunk] @ emb.T
-        rows = torch.arange(sims.shape[0], device=sims.device)
-        sims[rows, rows + start] = -float("inf")  # never a synonym of itself
-        top = sims.topk(k_eff, dim=1)
-        found = ids[top.indices.cpu()]
-        found[top.values.cpu() < min_similarity] = -1
-        table[ids[start:start + chunk], :k_eff] = found
-    return table
-
-
-def wordnet_neighbours(tokenizer: Any, is_word: torch.Tensor, k: int) -> torch.Tensor:
-    """V×k table from WordNet lemmas that are whole-word vocab tokens (−1: none)."""
-    try:
-        from nltk.corpus import wordnet
-
-        wordnet.ensure_loaded()
-    except (ImportError, LookupError):
-        raise ResourceError("rift synonym_source 'wordnet' needs nltk and its wordnet data "
-                            "(see offline.md); use synonym_source: embedding") from None
-    ids = is_word.nonzero().squeeze(1).tolist()
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    word_of = {i: t.lstrip("".join(WORD_MARKERS)) for i, t in zip(ids, tokens, strict=True)}
-    id_of = {w.lower(): i for i, w in word_of.items()}
-    table = torch.full((is_word.numel(), k), -1, dtype=torch.long)
-    for i, word in word_of.items():
-        found: list[int] = []
-        for synset in wordnet.synsets(word):
-            for lemma in synset.lemma_names():
-                j = id_of.get(lemma.lower())
-                if j is not None and j != i and j not in found:
-                    found.append(j)
-        if found[:k]:
-            table[i, :len(found[:k])] = torch.tensor(found[:k])
-    return table
-
-
-def embedding_table(adapter: EncoderAdapter, k: int, knobs: RIFTKnobs) -> torch.Tensor:
-    """Nearest whole-word neighbours in the model's own word embeddings (≥ min_similarity)."""
-    weight = adapter.core.get_input_embeddings().weight
-    return embedding_neighbours(weight, word_token_mask(adapter.tokenizer, weight.shape[0]), k,
-                                knobs.min_similarity)
-
-
-def wordnet_table(adapter: EncoderAdapter, k: int, knobs: RIFTKnobs) -> torch.Tensor:
-    """WordNet lemmas of each whole-word token (needs the NLTK wordnet data)."""
-    vocab = adapter.core.get_input_embeddings().weight.shape[0]
-    return wordnet_neighbours(adapter.tokenizer, word_token_mask(adapter.tokenizer, vocab), k)
-
-
-# Synonym sources by knob value: each returns a V×k table of token ids (−1: no synonym).
-SYNONYM_SOURCES: dict[str, Callable[[EncoderAdapter, int, RIFTKnobs], torch.Tensor]] = {
-    "embedding": embedding_table,
-    "wordnet": wordnet_table,
-}
 
 
 # ---- ASCC pieces ------------------------------------------------------------------------------
@@ -304,37 +154,20 @@ class RIFT(RobustMethod):
     def setup(self, adapter: EncoderAdapter, task: Task | None = None) -> None:
         """Freeze a copy of the initial encoder, build the heads and the synonym table."""
         super().setup(adapter, task)
-        self.teacher = copy.deepcopy(adapter.core.base_model).eval().requires_grad_(False)
+        self.teacher = copy.deepcopy(adapter.backbone).eval().requires_grad_(False)
         self.teacher_sha256 = fingerprint(self.teacher)
-        dim, classes, device = adapter.core.config.hidden_size, adapter.num_labels, adapter.device
+        dim, classes, device = adapter.hidden_size, adapter.num_labels, adapter.device
         self.student_heads = nn.ModuleList(projection(dim) for _ in range(classes)).to(device)
         self.teacher_heads = nn.ModuleList(projection(dim) for _ in range(classes)).to(device)
         if self.adversarial:
             self.synonyms = self.synonym_table(adapter).to(device)
 
     def synonym_table(self, adapter: EncoderAdapter) -> torch.Tensor:
-        """V×n_synonyms ids from the configured source, filtered as the knobs ask.
-
-        With a filter on, twice as many candidates are drawn so that filtered rows stay full.
-        """
+        """V×n_synonyms ids from the configured source, filtered as the knobs ask."""
         k = self.knobs
-        source = SYNONYM_SOURCES[k.synonym_source]
-        if not (k.polarity_filter or k.skip_stopwords):
-            return source(adapter, k.n_synonyms, k)
-        table = source(adapter, 2 * k.n_synonyms, k)
-        vocab = table.shape[0]
-        keep = table >= 0
-        if k.skip_stopwords:
-            stop = stopword_ids(adapter.tokenizer, vocab)
-            keep &= ~stop[table.clamp(min=0)]
-            keep[stop] = False  # function words keep their place: no substitutes
-        if k.polarity_filter:
-            try:
-                polarity = token_polarity(adapter.tokenizer, vocab)
-            except ResourceError as exc:
-                raise ResourceError(f"rift polarity_filter: {exc}; or set polarity_filter: false") from None
-            keep &= ~polarity_flips(table, polarity)
-        return compact_table(table, keep, k.n_synonyms)
+        return synonym_table(adapter, k.synonym_source, k.n_synonyms,
+                             min_similarity=k.min_similarity, skip_stopwords=k.skip_stopwords,
+                             polarity_filter=k.polarity_filter)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return [*self.student_heads.parameters(), *self.teacher_heads.parameters()]
@@ -391,11 +224,10 @@ class RIFT(RobustMethod):
 
     # ---- loss -------------------------------------------------------------------------------
     def teacher_features(self, batch: Batch) -> torch.Tensor:
-        """[CLS] features of the frozen initial encoder on the clean input."""
+        """Pooled ([CLS] / last-token) features of the frozen initial encoder, clean input."""
         assert self.teacher is not None
         with torch.no_grad():
-            out = self.teacher(input_ids=batch["input_ids"], **self.adapter.model_inputs(batch))
-        return out.last_hidden_state[:, 0]
+            return self.adapter.features(self.teacher, batch)
 
     def class_infonce(self, student: torch.Tensor, teacher: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
@@ -433,7 +265,7 @@ class RIFT(RobustMethod):
         if k.ascc_steps > 0:
             terms["ascc_kl_init"] = kl_init
         if k.w_mi > 0:
-            mi = self.class_infonce(adv_out.hidden_states[-1][:, 0], self.teacher_features(batch),
+            mi = self.class_infonce(self.adapter.pooled(adv_out.hidden_states[-1]), self.teacher_features(batch),
                                     labels)
             loss = loss + k.w_mi * mi
             terms["infonce"] = mi.item()

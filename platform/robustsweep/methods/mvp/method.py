@@ -36,9 +36,9 @@ from pydantic import Field, model_validator
 
 from robustsweep.errors import MethodError
 from robustsweep.methods.base import Batch, Knobs, RobustMethod
+from robustsweep.methods.mvp.mlm_head import MaskedLMHead, load_mlm_head
 from robustsweep.methods.perturb import ascent_step, dropout_mode, project
 from robustsweep.methods.registry import register
-from robustsweep.mlm_head import MaskedLMHead, load_mlm_head
 
 if TYPE_CHECKING:
     from robustsweep.data import Task
@@ -255,11 +255,9 @@ class MVP(RobustMethod):
         if not hasattr(core, HEAD_ATTR):
             in_process = not getattr(core.config, "_name_or_path", "")
             core.add_module(HEAD_ATTR, load_mlm_head(self.adapter, allow_random=in_process))
-        keep = {id(p) for p in core.base_model.parameters()} | {id(p) for p in self.head.parameters()}
-        pooler = getattr(core.base_model, "pooler", None)
-        drop = {id(p) for p in pooler.parameters()} if pooler is not None else set()
-        for param in core.parameters():
-            if id(param) not in keep or id(param) in drop:
+        mlm = {id(p) for p in self.head.parameters()}
+        for param in self.adapter.head_parameters():
+            if id(param) not in mlm:
                 param.requires_grad_(False)
 
     @property

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsweep.errors import ResourceError
+from robustsweep.models.families import MLM_HEAD_LAYOUTS
 from robustsweep.resources import cache_dir
 
 if TYPE_CHECKING:
@@ -46,15 +47,6 @@ log = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"
 REPORT_FILE = "report.json"
 
-# Where the LM-head pieces live inside ``AutoModelForMaskedLM`` models:
-# (dense, LayerNorm, vocabulary bias). Checked in order; the first that resolves is used.
-_PRETRAINED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
-    ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias"),
-    ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),  # RoBERTa, XLM-R, CamemBERT
-    ("vocab_transform", "vocab_layer_norm", "vocab_projector.bias"),  # DistilBERT
-    ("predictions.dense", "predictions.LayerNorm", "predictions.bias"),  # ALBERT
-    ("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head.bias"),
-)
 
 # Fill-mask sanity prompts ({mask} = the tokenizer's mask token) and words that count as a pass.
 SANITY_PROMPTS: tuple[str, ...] = (
@@ -176,7 +168,7 @@ def _copy_pretrained(mlm: nn.Module, missing: Sequence[str],
                      target_embedding: nn.Embedding) -> MaskedLMHead | None:
     """A head with ``mlm``'s pretrained LM-head weights, or None if the checkpoint lacks them."""
     missing_set = set(missing)
-    for dense_name, norm_name, bias_name in _PRETRAINED_LAYOUTS:
+    for dense_name, norm_name, bias_name in MLM_HEAD_LAYOUTS:
         try:
             dense, norm = mlm.get_submodule(dense_name), mlm.get_submodule(norm_name)
             bias = mlm.get_parameter(bias_name)
@@ -553,7 +545,7 @@ def load_mlm_head(target: EncoderAdapter | nn.Module, source: str | None = None,
     the checkpoint's own head, else the cached locally trained one. A model built in-process
     has no source: then ``allow_random=True`` gives a freshly initialised head (tests only).
     """
-    core = target.core if hasattr(target, "core") else target
+    core = target.hf if hasattr(target, "hf") else target
     embedding = core.get_input_embeddings()
     source = source if source is not None else str(getattr(core.config, "_name_or_path", "") or "")
     if not source:
