@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -14,6 +15,7 @@ import torch
 
 from robustsweep.data import Task, TextSet
 from robustsweep.models import EncoderAdapter
+from robustsweep.resources import textattack_env
 
 TINY_VOCAB = 128
 
@@ -121,3 +123,14 @@ def ray_local():
     ensure_ray(ClusterConfig(num_cpus=2))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def textattack_ready() -> Iterator[None]:
+    """Provisioned + imported TextAttack; one torch thread (tiny models: threads only contend)."""
+    textattack_env.provision(verify_deep=False)
+    textattack_env.import_textattack()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

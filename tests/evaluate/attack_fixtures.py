@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
 from conftest import make_tiny_adapter, make_tiny_task
 from robustsweep.methods import build
 from robustsweep.methods.base import RobustMethod
-from robustsweep.resources import textattack_env
-
-
-@pytest.fixture(scope="module")
-def textattack_ready() -> Iterator[None]:
-    """Provisioned + imported TextAttack; one torch thread (tiny models: threads only contend)."""
-    textattack_env.provision(verify_deep=False)
-    textattack_env.import_textattack()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_trained_method() -> RobustMethod:

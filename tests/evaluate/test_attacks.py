@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from attack_fixtures import textattack_ready, tiny_trained_method  # noqa: F401 - fixture
+from attack_fixtures import tiny_trained_method
 
 from conftest import make_tiny_task
 from robustsweep.config import EvalConfig, SplitSource

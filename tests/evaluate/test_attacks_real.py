@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from attack_fixtures import textattack_ready, tiny_trained_method  # noqa: F401 - fixture
+from attack_fixtures import tiny_trained_method
 
 from conftest import make_tiny_task
 from robustsweep.data import TextSet

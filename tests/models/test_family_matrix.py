@@ -6,7 +6,6 @@ Refused combinations must be refused by the family table (and so at ``validate``
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,23 +19,11 @@ from robustsweep.evaluate.runner import AttackRunner, Example
 from robustsweep.methods import build
 from robustsweep.methods.base import RobustMethod
 from robustsweep.models.adapter import EncoderAdapter
-from robustsweep.resources import textattack_env
 from robustsweep.train.loop import build_optimizer, train_step, trainable_parameters
 
 LORA = PeftConfig(r=4, alpha=8, dropout=0.0)
 LORA_FAMILIES = ("bert", "llama")
 TEXTS = ["good film", "the plot was awful and bad", "a great movie", "this was poor"]
-
-
-@pytest.fixture(scope="module")
-def textattack_ready() -> Iterator[None]:
-    """Provisioned TextAttack; one torch thread (tiny models: threads only contend)."""
-    textattack_env.provision(verify_deep=False)
-    textattack_env.import_textattack()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _combos(model_types: tuple[str, ...]) -> list[tuple[str, str]]:
