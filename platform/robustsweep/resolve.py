@@ -11,6 +11,7 @@ is probed with a short timeout). ``validate``, ``train`` and ``sweep`` all call
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -291,6 +292,32 @@ def _check_db_url(where: str, url: str) -> None:
                     f"(expected one of {', '.join(DB_DIALECTS)})")
     if dialect == "sqlite" and not parsed.database:
         raise _fail(where, f"{url!r}: expected sqlite:///<file>")
+    _check_db_driver(where, url, parsed)
+
+
+# Which pip package provides a SQLAlchemy driver module (for the hint of a missing one).
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary",
+                   "MySQLdb": "mysqlclient", "pymysql": "pymysql"}
+
+
+def _check_db_driver(where: str, url: str, parsed: Any) -> None:
+    """The database driver the URL implies is installed: otherwise the sweep would fail only
+    at start (SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, not psycopg2)."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise _fail(where, f"{parsed.render_as_string(hide_password=True)!r}: unknown driver "
+                    f"{parsed.drivername!r}") from None
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or "").split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module or "its driver")
+        hint = f'pip install "{package}"'
+        if module == "psycopg" and importlib.util.find_spec("psycopg2") is not None:
+            hint += " or name the installed one: postgresql+psycopg2://..."
+        raise _fail(where, f"{parsed.render_as_string(hide_password=True)!r}: the database "
+                    f"driver {module or parsed.drivername!r} is not installed ({hint})") from None
 
 
 # --------------------------------------------------------------------------------------------

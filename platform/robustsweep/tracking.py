@@ -6,6 +6,7 @@ every process here talks to MLflow through an explicit absolute URI and an expli
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,24 +26,52 @@ class TrackingError(RobustSweepError):
     """MLflow could not be reached or refused a write (after retries)."""
 
 
-def _retry(fn: Callable[[], T], what: str, attempts: int = 4) -> T:
-    """Retry transient failures (sqlite 'database is locked', a restarting server)."""
+# How long one MLflow write may keep failing before the trial fails (seconds). Long enough to
+# ride out a server restart (the fault test holds one down for ~150 s), short enough that a
+# server that stays down fails the trial in minutes, not the ~16 that MLflow's own defaults
+# (7 HTTP retries with back-off to 120 s) times our attempts used to take.
+RETRY_BUDGET_ENV = "ROBUSTSWEEP_MLFLOW_RETRY_S"
+DEFAULT_RETRY_BUDGET_S = 300.0
+# MLflow's per-request retries, bounded so that each of our attempts returns within ~15 s
+# (back-off 2 + 4 + 8 s) and our budget above is what decides; the user's environment wins.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MAX_RETRY_DELAY_S = 15.0
+
+
+def retry_budget_s() -> float:
+    """The total retry time for one MLflow call (``ROBUSTSWEEP_MLFLOW_RETRY_S`` overrides)."""
+    raw = os.environ.get(RETRY_BUDGET_ENV, "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_RETRY_BUDGET_S
+    except ValueError:
+        return DEFAULT_RETRY_BUDGET_S
+
+
+def _retry(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    """Retry transient failures (sqlite 'database is locked', a restarting server) with
+    exponential back-off until ``budget_s`` (default ``retry_budget_s()``) has passed."""
+    budget = retry_budget_s() if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
     delay = 0.5
-    for attempt in range(attempts):
+    while True:
         try:
             return fn()
         except Exception as exc:  # MLflow raises many types; re-raised below
-            if attempt == attempts - 1:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise TrackingError(f"MLflow {what} failed: {first}") from exc
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+                raise TrackingError(
+                    f"MLflow {what} failed (gave up after {budget:.0f} s of retries): {first}"
+                ) from exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
 
 def client(uri: str) -> Any:
     import mlflow
 
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
@@ -168,21 +197,21 @@ def reopen_run(uri: str, run_id: str, *, drop_tags: Iterable[str] = (),
         set_tags(uri, run_id, tags)
 
 
-def get_run(uri: str, run_id: str, attempts: int = 4) -> Any:
-    """The MLflow run (info, data.params/metrics/tags)."""
-    return _retry(lambda: client(uri).get_run(run_id), f"get run {run_id}", attempts)
+def get_run(uri: str, run_id: str, budget_s: float | None = None) -> Any:
+    """The MLflow run (info, data.params/metrics/tags); ``budget_s=0`` tries once."""
+    return _retry(lambda: client(uri).get_run(run_id), f"get run {run_id}", budget_s)
 
 
 def child_runs(uri: str, parent_run_id: str, *, status: str | None = None,
-               attempts: int = 4) -> list[Any]:
+               budget_s: float | None = None) -> list[Any]:
     """The nested runs of ``parent_run_id`` (only those in ``status`` when given)."""
     mlf = client(uri)
-    experiment = get_run(uri, parent_run_id, attempts).info.experiment_id
+    experiment = get_run(uri, parent_run_id, budget_s).info.experiment_id
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     if status:
         query += f" and attributes.status = '{status}'"
     return _retry(lambda: mlf.search_runs([experiment], query, max_results=50000),
-                  "search runs", attempts)
+                  "search runs", budget_s)
 
 
 def close_running_children(uri: str, parent_run_id: str, status_tag: str) -> list[str]:

@@ -120,10 +120,30 @@ def test_valid_cluster_addresses(address: str) -> None:
     resolve.check_address("cluster.address", address)
 
 
-@pytest.mark.parametrize("url", ["sqlite:///x/optuna.db", "postgresql://u:p@h:5432/db",
-                                 "mysql+pymysql://u@h/db", "journal:/shared/optuna.log"])
+@pytest.mark.parametrize("url", ["sqlite:///x/optuna.db", "postgresql+psycopg2://u:p@h:5432/db",
+                                 "journal:/shared/optuna.log"])
 def test_valid_storage_urls(url: str) -> None:
-    resolve.check_storage(url)
+    resolve.check_storage(url)  # psycopg2-binary is in the test extra
+
+
+def test_a_storage_url_whose_driver_is_missing_fails_at_preflight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare postgresql:// means psycopg 3 to SQLAlchemy 2.1; without it the sweep used to
+    fail only at start. The error names the driver, hides the password and gives the fix."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_psycopg(name: str, *args: object, **kwargs: object) -> object:
+        if name == "psycopg" or name.startswith("psycopg."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psycopg)
+    with pytest.raises(resolve.ConfigError) as err:
+        resolve.check_storage("postgresql://optuna:secret@h:5432/db")
+    message = str(err.value)
+    assert "sweep.storage" in message and "'psycopg' is not installed" in message
+    assert "secret" not in message and "postgresql+psycopg2://" in message
 
 
 def test_origin_starts_every_preflight_error() -> None:

@@ -334,8 +334,8 @@ def _run_source(uri: str, run: Any) -> TrialSource:
 def from_mlflow(parent_run_id: str, tracking_uri: str) -> SweepRecords:
     """Records from a sweep's MLflow parent run and its nested child runs."""
     try:
-        parent = tracking.get_run(tracking_uri, parent_run_id, attempts=1)
-        children = tracking.child_runs(tracking_uri, parent_run_id, attempts=1)
+        parent = tracking.get_run(tracking_uri, parent_run_id, budget_s=0)
+        children = tracking.child_runs(tracking_uri, parent_run_id, budget_s=0)
     except tracking.TrackingError as exc:
         cause = exc.__cause__ or exc
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]

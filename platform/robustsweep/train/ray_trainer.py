@@ -52,6 +52,7 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "ROBUSTSWEEP_CACHE", "NLTK_DATA",
     "TA_CACHE_DIR", "TOKENIZERS_PARALLELISM", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "ROBUSTSWEEP_PROGRESS", "TQDM_DISABLE",
+    "ROBUSTSWEEP_MLFLOW_RETRY_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
 )
 # "bars": live tqdm bars (a terminal); "lines": none, the driver's one line per trial event is
 # the progress (logs, CI, nohup). Decided once in the driver: workers have no terminal.
