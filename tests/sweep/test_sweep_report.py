@@ -134,6 +134,41 @@ def test_only_searched_knobs_are_plotted(tmp_path: Path):
     assert varying_knobs([t for t in records.trials if t.method == "vanilla"]) == []
 
 
+def test_knob_plot_wraps_many_knobs_and_gives_each_kind_its_own_axis(tmp_path: Path, monkeypatch):
+    """8 knobs wrap into rows of KNOB_PLOT_COLUMNS (not one 2,816-px row); an integer knob gets
+    integer ticks, a categorical one named ticks, and every point its trial number."""
+    from robustsweep.report import plots
+    from robustsweep.report.records import SweepRecords, TrialRecord
+
+    trials = [
+        TrialRecord(trial_id=f"t{i}", method="m", status="FINISHED", optuna_trial=i,
+                    knobs={"steps": 1 + i % 3, "norm": ["l2", "linf"][i % 2], "lr": 1e-5 * (1 + i),
+                           **{f"k{j}": 0.1 * ((i + j) % 4) for j in range(5)}},
+                    metrics={"clean_accuracy": 0.5 + 0.01 * i})
+        for i in range(6)
+    ]
+    records = SweepRecords(name="s", trials=trials, objectives=[("clean_accuracy", "max")],
+                           rank_by="clean_accuracy", source="test")
+    captured = {}
+    real_savefig = plots._pyplot().Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        captured["fig"] = fig
+        return real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots._pyplot().Figure, "savefig", keep)
+    assert plots.knob_plot(records, "m", ["clean_accuracy"], tmp_path / "k.png") is not None
+    fig = captured["fig"]
+    width, height = fig.get_size_inches() * fig.dpi
+    assert width <= 1600 and height >= 2 * 2.8 * fig.dpi * 0.99  # 8 knobs: 2 rows of 4
+    panels = {ax.get_xlabel(): ax for ax in fig.axes if ax.get_xlabel()}
+    assert len(panels) == 8
+    assert list(panels["steps"].get_xticks()) == [1, 2, 3]
+    assert [t.get_text() for t in panels["norm"].get_xticklabels()] == ["l2", "linf"]
+    labels = {child.get_text() for child in panels["steps"].texts}
+    assert labels == {"0", "1", "2", "3", "4", "5"}
+
+
 # ---- the report ----------------------------------------------------------------------------------
 def test_build_report_from_a_sweep_dir(tmp_path: Path):
     sweep = make_sweep_dir(tmp_path / "sweep")

@@ -6,6 +6,7 @@ without its uncertainty invites reading noise as a ranking) and the ``rank_min``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -191,57 +192,94 @@ def _log_axis(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+# Knob plots wrap to at most this many panels a row, so 1-8 knobs stay readable (an 8-knob
+# method used to be one 2,816-px-wide row with tiny fonts).
+KNOB_PLOT_COLUMNS = 4
+# Label every point with its trial number while there are at most this many points a panel.
+KNOB_PLOT_MAX_LABELS = 24
+
+
+def _knob_kind(values: list[Any]) -> str:
+    """``integer``, ``float`` or ``categorical``: each gets its own kind of axis."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "integer"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "float"
+    return "categorical"
+
+
 def knob_plot(records: SweepRecords, method: str, metrics: list[str], path: Path) -> Path | None:
-    """Metric vs each searched knob of one method (rows: metrics, columns: knobs)."""
+    """Metric vs each searched knob of one method: per metric, a block of panels (one per knob)
+    wrapped at ``KNOB_PLOT_COLUMNS``; integer knobs on integer ticks, categorical knobs on
+    named ticks, each point labelled with its trial number (readable without hovering)."""
+    from matplotlib import ticker
+
     trials = [t for t in records.trials if t.method == method and t.metrics]
     space = {knob: bool(log) for knob, log in records.knob_space.get(method, [])}
     knobs = varying_knobs(trials, list(space))
     metrics = [m for m in metrics if any(m in t.metrics for t in trials)]
     if not knobs or not metrics:
         return None
+    columns = min(KNOB_PLOT_COLUMNS, len(knobs))
+    rows_per_metric = math.ceil(len(knobs) / columns)
     plt = _pyplot()
     fig, axes = plt.subplots(
-        len(metrics),
-        len(knobs),
-        figsize=(3.2 * len(knobs), 2.6 * len(metrics)),
+        len(metrics) * rows_per_metric,
+        columns,
+        figsize=(3.4 * columns, 2.8 * len(metrics) * rows_per_metric),
         dpi=110,
         squeeze=False,
     )
-    for col, knob in enumerate(knobs):
+    for panel in range(len(knobs), columns * rows_per_metric):  # unused cells of each block
+        for block in range(len(metrics)):
+            axes[block * rows_per_metric + panel // columns][panel % columns].axis("off")
+    for index, knob in enumerate(knobs):
         values = [t.knobs.get(knob) for t in trials]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        kind = _knob_kind(values)
         categories = sorted({repr(v) for v in values})
-        for row, metric in enumerate(metrics):
-            ax = axes[row][col]
+        for block, metric in enumerate(metrics):
+            ax = axes[block * rows_per_metric + index // columns][index % columns]
+            points = 0
             for finished, marker, alpha in ((True, "o", 0.9), (False, "x", 0.6)):
                 group = [t for t in trials if t.finished == finished and metric in t.metrics]
                 xs = [
-                    t.knobs.get(knob) if numeric else categories.index(repr(t.knobs.get(knob)))
+                    categories.index(repr(t.knobs.get(knob))) if kind == "categorical"
+                    else t.knobs.get(knob)
                     for t in group
                 ]
-                ax.scatter(
-                    xs,
-                    [t.metrics[metric] for t in group],
-                    marker=marker,
-                    alpha=alpha,
-                    label="finished" if finished else "pruned/unfinished",
-                )
+                ys = [t.metrics[metric] for t in group]
+                ax.scatter(xs, ys, marker=marker, alpha=alpha,
+                           label="finished" if finished else "pruned/unfinished")
+                points += len(group)
+                if len(trials) <= KNOB_PLOT_MAX_LABELS:
+                    for trial, x, y in zip(group, xs, ys):
+                        number = trial.label.rsplit("-", 1)[-1].lstrip("0") or "0"
+                        ax.annotate(number, (x, y), xytext=(3, 3), textcoords="offset points",
+                                    fontsize=6, alpha=0.8)
             # without a search space (a records dir) only numeric knobs can guess a log axis
             log = space[knob] if knob in space else (
-                numeric and _log_scale([float(v) for v in values]))
-            if numeric and log:
+                kind != "categorical" and _log_scale([float(v) for v in values]))
+            if kind != "categorical" and log:
                 _log_axis(ax)
-            if not numeric:
+            elif kind == "integer":
+                distinct = sorted(set(values))
+                if len(distinct) <= 10:
+                    ax.set_xticks(distinct)
+                else:
+                    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+            elif kind == "categorical":
                 ax.set_xticks(range(len(categories)))
-                ax.set_xticklabels([c.strip("'") for c in categories], fontsize=7)
-            if row == len(metrics) - 1:
-                ax.set_xlabel(knob, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(metric, fontsize=8)
-            ax.tick_params(labelsize=7)
+                ax.set_xticklabels([c.strip("'") for c in categories], fontsize=8,
+                                   rotation=20 if len(categories) > 3 else 0)
+                ax.set_xlim(-0.5, len(categories) - 0.5)
+            ax.set_xlabel(knob, fontsize=9)
+            if index % columns == 0:
+                ax.set_ylabel(metric, fontsize=9)
+            ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"{method}: metrics vs searched knobs ({len(trials)} trials)", fontsize=10)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{method}: metrics vs searched knobs ({len(trials)} trials; "
+                 "numbers are trial numbers)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
