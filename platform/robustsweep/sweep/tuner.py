@@ -314,12 +314,15 @@ def _announce(cfg: JobConfig, manifest: mf.Manifest, plan: ResourcePlan, total: 
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in sweep.objectives)
     console.print(
         f"[bold]Sweep[/] {cfg.name}: {total} trials over {', '.join(sweep.methods)}; "
-        f"{objectives}; sampler {sweep.sampler}"
+        f"{objectives}; "
+        + ("grid (methods x seeds)" if sweep.mode == "grid" else f"sampler {sweep.sampler}")
         + (f"; ASHA on {sweep.asha_metric_mode()[0]}" if sweep.asha.enabled else "")
     )
     console.print(
         f"  {plan.max_concurrent} trials at once, {cfg.scaling.num_workers} worker(s) x "
-        f"{plan.cpus_per_worker:g} CPU each; dir {manifest.sweep_dir}"
+        f"{plan.cpus_per_worker:g} CPU"
+        + (f" + {plan.gpus_per_worker:g} GPU" if plan.gpus_per_worker else "")
+        + f" each; dir {manifest.sweep_dir}"
     )
 
 
