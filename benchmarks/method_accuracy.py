@@ -11,7 +11,11 @@ crash or a timeout.
     python benchmarks/method_accuracy.py --set train.epochs=3 --variant vanilla roast
 
 A variant is ``method`` or ``method:knob=value,...`` (as in early_learning.py); the default is
-every registered method. ``--device auto`` trains on the GPU when there is one.
+every registered method. ``--device auto`` trains on the GPU when there is one. ``--lora`` adds,
+after each variant, the same variant with LoRA (``model.peft`` with the schema's defaults, or
+``--lora-set r=16`` style overrides), so full and LoRA fine-tuning stand side by side:
+
+    python benchmarks/method_accuracy.py --variant vanilla roast --lora
 """
 
 from __future__ import annotations
@@ -43,23 +47,43 @@ from robustsweep.train.loop import fit, prepare_trial
 BASELINE = "vanilla"
 
 
-def variant_job(job: Path, overrides: list[str], variant: str, seed: int) -> JobConfig:
+LORA_SUFFIX = "+lora"
+
+
+def variant_job(job: Path, overrides: list[str], variant: str, seed: int,
+                lora: dict[str, object] | None = None) -> JobConfig:
     """The job of one variant: the shared overrides, then its method, knobs and seed (validated,
-    so a bad knob is one error line before anything trains)."""
-    name, knobs = parse_variant(variant)
+    so a bad knob is one error line before anything trains); ``lora``: ``model.peft`` to set."""
+    name, knobs = parse_variant(variant.removesuffix(LORA_SUFFIX))
     raw = load_job(job, [*overrides, f"seed={seed}"]).model_dump()
     raw["method"] = {"name": name, "knobs": knobs}
+    if lora is not None:
+        raw["model"]["peft"] = dict(lora)
     return validate_job(raw, origin=f"variant {variant!r}")
+
+
+def lora_settings(items: list[str]) -> dict[str, object]:
+    """``--lora-set r=16`` items -> the ``model.peft`` mapping (YAML scalars)."""
+    import yaml
+
+    settings: dict[str, object] = {"method": "lora"}
+    for item in items:
+        key, _, value = item.partition("=")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def run_variant(cfg: JobConfig, task: Task, device: str) -> dict[str, Any]:
     """Train one job in-process; its final epoch's metrics, the training time and the total
-    (model load, setup, training and evaluation)."""
+    (model load, setup, training and evaluation), and the trainable-parameter share."""
     started = time.perf_counter()
     adapter, method = prepare_trial(cfg, task, device)
+    params = list(adapter.core.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
     state = fit(adapter, method, task, cfg, progress=None)
     final = state.history[-1]
     return {
+        "trainable_share": trainable / max(1, sum(p.numel() for p in params)),
         "clean_accuracy": final["clean_accuracy"],
         "ece": final["ece"],
         **{k: v for k, v in final.items() if k.startswith("ood_accuracy/")},
@@ -73,7 +97,7 @@ def format_row(row: dict[str, Any], base: dict[str, Any] | None, width: int) -> 
     ood = "  ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in row.items()
                     if k.startswith("ood_accuracy/"))
     return (f"{row['variant']:<{width}} {row['seed']:>4} {row['clean_accuracy']:>7.3f} {delta:>7} "
-            f"{row['ece']:>6.3f} {row['train_s']:>8.1f}  {ood}")
+            f"{row['ece']:>6.3f} {row['train_s']:>8.1f} {100 * row['trainable_share']:>9.2f}%  {ood}")
 
 
 def main() -> None:
@@ -95,6 +119,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="append one JSON line per finished run here")
+    parser.add_argument("--lora", action="store_true",
+                        help="also run each variant with LoRA (model.peft), shown as VARIANT+lora")
+    parser.add_argument("--lora-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model.peft setting for --lora, e.g. r=16 (repeatable)")
     return parser.parse_args()
 
 
@@ -104,9 +132,13 @@ def run(args: argparse.Namespace) -> None:
     variants = args.variant or list(registry.available())
     if BASELINE in variants:  # the baseline first, so every later row shows its difference
         variants = [BASELINE] + [v for v in variants if v != BASELINE]
+    lora = lora_settings(args.lora_set) if args.lora else None
+    if lora is not None:
+        variants = [x for v in variants for x in (v, v + LORA_SUFFIX)]
     width = max(len("variant"), *(len(v) for v in variants))
-    header = f"{'variant':<{width}} {'seed':>4} {'clean':>7} {'vs ' + BASELINE:>7} {'ece':>6} {'train s':>8}  ood"
-    runs = {(seed, v): variant_job(args.job, args.overrides, v, seed)  # all checked up front
+    header = f"{'variant':<{width}} {'seed':>4} {'clean':>7} {'vs ' + BASELINE:>7} {'ece':>6} {'train s':>8} {'trainable':>10}  ood"
+    runs = {(seed, v): variant_job(args.job, args.overrides, v, seed,  # all checked up front
+                                   lora if v.endswith(LORA_SUFFIX) else None)
             for seed in args.seeds for v in variants}
     tasks: dict[str, Task] = {}
     lines = []

@@ -24,6 +24,7 @@ from robustsweep.jobfile import load_job as _load_job
 from robustsweep.jobfile import validate_job as _validate_job
 
 if TYPE_CHECKING:
+    from robustsweep.export import ExportResult
     from robustsweep.report import Report
     from robustsweep.resolve import ResolvedJob
     from robustsweep.state.manifest import Manifest
@@ -197,10 +198,35 @@ def evaluate(
     return EvaluationResult(directory, metrics, profile_tags(eval_cfg), artifacts)
 
 
+def export(
+    ref: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    merge: bool = False,
+    search: Sequence[str | os.PathLike[str]] | None = None,
+    tracking_uri: str | None = None,
+    trust_remote_code: bool = False,
+) -> ExportResult:
+    """Write a trained trial as a Hugging Face model folder (docs/export.md).
+
+    ``ref``: a trial or checkpoint dir, a sweep dir, or an MLflow run id (a trial's, or a
+    sweep's parent run: then the report's leaderboard picks the best trial). ``out`` must not
+    exist or be empty. LoRA trials give peft's adapter folder, or with ``merge`` the merged model;
+    MVP and RSMI also get what ``robustsweep.export.load_exported`` needs to predict like the
+    trial did.
+    """
+    from robustsweep.export import export_trial
+
+    return export_trial(str(ref), Path(out), merge=merge,
+                        search=[Path(p) for p in search or [Path("runs")]],
+                        tracking_uri=tracking_uri, trust_remote_code=trust_remote_code)
+
+
 __all__ = [
     "EvaluationResult",
     "SweepResult",
     "evaluate",
+    "export",
     "load_job",
     "report",
     "resolve",

@@ -198,9 +198,33 @@ class ScalingConfig(_Strict):
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="One GPU per worker")
+    gpus_per_worker: float | None = Field(
+        None, gt=0, description="GPUs per worker when use_gpu (null = 1): a share in (0, 1] "
+        "packs trials onto one GPU (0.25 = four workers per GPU), or a whole number >= 1"
+    )
     cpus_per_worker: float | None = Field(
         None, gt=0, description="CPUs per worker; null = the free CPUs split evenly"
     )
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _share_or_whole(cls, value: float | None) -> float | None:
+        """Ray schedules a GPU share (<= 1) or whole GPUs, never 1.5 of one."""
+        if value is not None and value > 1 and not float(value).is_integer():
+            raise ValueError(f"{value:g}: a share of one GPU (0 < x <= 1) or a whole number")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus_need_use_gpu(self) -> ScalingConfig:
+        if self.gpus_per_worker is not None and not self.use_gpu:
+            raise ValueError("gpus_per_worker is set but use_gpu is false: set use_gpu: true")
+        return self
+
+    def gpu_share(self) -> float:
+        """GPUs one worker reserves (0 without use_gpu)."""
+        if not self.use_gpu:
+            return 0.0
+        return 1.0 if self.gpus_per_worker is None else float(self.gpus_per_worker)
 
 
 class EvalConfig(_Strict):

@@ -1,8 +1,9 @@
 """Rebuild a trained trial from its output dir (the trial record + its newest checkpoint).
 
 The layout is ``state.trial``'s: the record holds ``job`` (the resolved JobConfig),
-``mlflow_run_id`` and ``tracking_uri``; a checkpoint's state holds ``model`` (classifier
-state_dict) and ``method`` (method.state_dict()).
+``mlflow_run_id`` and ``tracking_uri``; a checkpoint's state holds ``model``
+(``EncoderAdapter.checkpoint_state()``: the whole classifier, or under LoRA the adapter and head
+only, the frozen base coming from the model source) and ``method`` (method.state_dict()).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def load_trial(trial_dir: Path, checkpoint: Path, anomaly: bool = True) -> Loade
     finally:
         restore_rng_state(rngs)
     state = read_checkpoint(checkpoint)
-    adapter.core.load_state_dict(state["model"])
+    adapter.load_checkpoint_state(state["model"])
     method.load_state_dict(state.get("method", {}))
     return LoadedTrial(cfg, task, method, trial_dir, checkpoint, info)
 
@@ -83,7 +84,7 @@ def write_trial(trial_dir: Path, cfg: JobConfig, method: RobustMethod, run_id: s
     trial = TrialDir(trial_dir)
     checkpoint = write_checkpoint(
         trial.manual_checkpoint_dir(cfg.train.epochs),
-        {"model": method.adapter.core.state_dict(), "method": method.state_dict()},
+        {"model": method.adapter.checkpoint_state(), "method": method.state_dict()},
         cfg.train.epochs)
     trial.write_record({"job": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
                         "tracking_uri": tracking_uri})

@@ -17,6 +17,21 @@ class ResourcePlan:
     cpus_per_worker: float
     max_concurrent: int
     trial_resources: dict[str, float]
+    gpus_per_worker: float = 0.0  # a share (0.25: four workers per GPU), whole GPUs, or 0
+
+
+def gpu_trial_slots(free_gpus: float, gpus_per_worker: float, workers: int) -> int:
+    """Trials whose workers all fit on ``free_gpus``.
+
+    Ray packs a fractional worker inside one GPU and never splits it across two, so a GPU holds
+    floor(1 / share) workers (0.3 -> 3, not 3.33); whole-GPU workers take ``share`` GPUs each.
+    """
+    if gpus_per_worker >= 1:
+        return math.floor(free_gpus / (gpus_per_worker * workers) + 1e-9)
+    per_gpu = math.floor(1 / gpus_per_worker + 1e-9)
+    whole = math.floor(free_gpus + 1e-9)
+    rest = math.floor(max(0.0, free_gpus - whole) / gpus_per_worker + 1e-9)
+    return (whole * per_gpu + rest) // workers
 
 
 def sweep_of(cfg: JobConfig) -> SweepConfig:
@@ -38,7 +53,9 @@ def check_asha(cfg: JobConfig) -> None:
 
 
 def plan_resources(cfg: JobConfig, total: int) -> ResourcePlan:
-    """CPUs per worker and concurrency = floor(free CPUs / (workers x CPUs per worker)).
+    """CPUs per worker and concurrency = floor(free CPUs / (workers x CPUs per worker)), and
+    with ``use_gpu`` at most the trials whose workers fit on the free GPUs
+    (``scaling.gpus_per_worker`` 0.25: four single-worker trials per GPU).
 
     Trial drivers take only ``sweep.trial_resources`` (a custom resource by default), never the
     CPUs their own Train workers wait for (the 2-core deadlock in offline.md).
@@ -61,17 +78,18 @@ def plan_resources(cfg: JobConfig, total: int) -> ResourcePlan:
             f"{cluster.get('CPU', 0.0):g}"
         )
     limits = [math.floor(free.get("CPU", 0.0) / (cpw * workers) + 1e-9)]
-    if cfg.scaling.use_gpu:
-        if cluster.get("GPU", 0.0) < workers:
+    gpw = cfg.scaling.gpu_share()
+    if gpw:
+        if gpu_trial_slots(cluster.get("GPU", 0.0), gpw, workers) < 1:
             raise ConfigError(
-                f"scaling.use_gpu: a trial needs {workers} GPUs but the cluster has "
+                f"scaling.use_gpu: a trial needs {workers} x {gpw:g} GPUs but the cluster has "
                 f"{cluster.get('GPU', 0.0):g}"
             )
-        limits.append(math.floor(free.get("GPU", 0.0) / workers))
+        limits.append(gpu_trial_slots(free.get("GPU", 0.0), gpw, workers))
     for key, amount in sweep.trial_resources.items():
         limits.append(math.floor(cluster[key] / amount + 1e-9))
     concurrent = sweep.max_concurrent_trials or max(1, min(limits))
-    return ResourcePlan(cpw, max(1, min(concurrent, total)), dict(sweep.trial_resources))
+    return ResourcePlan(cpw, max(1, min(concurrent, total)), dict(sweep.trial_resources), gpw)
 
 
 def build_scheduler(cfg: JobConfig) -> Any:

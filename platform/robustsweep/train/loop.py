@@ -236,7 +236,7 @@ def fit(
     scheduler = linear_schedule(optimizer, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
     state = FitState()
     if resume is not None:
-        adapter.core.load_state_dict(resume["model"])
+        adapter.load_checkpoint_state(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         method.load_state_dict(resume["method"])
@@ -245,7 +245,7 @@ def fit(
 
     def snapshot() -> dict[str, Any]:
         return {
-            "model": adapter.core.state_dict(),
+            "model": adapter.checkpoint_state(),  # LoRA: adapter + head only
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "method": method.state_dict(),

@@ -376,6 +376,8 @@ def build_trainer(cfg: JobConfig, payload: dict[str, Any], storage: Path, attemp
     cpus = cpus_per_worker(cfg)
     payload = {**payload, "threads": max(1, int(cpus)), "attempt": attempt}
     resources = {"CPU": cpus}
+    if cfg.scaling.use_gpu:  # a share (0.25) lets several trials' workers share one GPU
+        resources["GPU"] = cfg.scaling.gpu_share()
     return TorchTrainer(
         train_worker,
         train_loop_config=payload,
