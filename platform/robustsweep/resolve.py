@@ -35,7 +35,7 @@ BUILTIN_MODELS = ("minilm",)
 PROBE_TIMEOUT_S = 3.0
 # Metrics every epoch reports (train/loop.py), besides ood_accuracy/<set>, proxy_* and train/*.
 EPOCH_METRICS = ("train_loss", "epoch_time_s", "cost/fwd_bwd_passes", "cost/train_time_s", "lr",
-                 "clean_accuracy", "ece")
+                 "clean_accuracy", "ece", "cost/inference_passes_per_query")
 # Metrics per eval.anomaly set (evaluate/anomaly.py detection_metrics).
 ANOMALY_FAMILIES = ("anomaly_auroc", "anomaly_fpr95", "anomaly_auroc_energy", "anomaly_fpr95_energy")
 DB_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")

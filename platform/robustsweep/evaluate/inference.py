@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 import numpy as np
 import torch
@@ -30,6 +31,43 @@ def inference_mode(method: RobustMethod) -> Iterator[None]:
     finally:
         adapter.model = wrapped
         adapter.core.train(was_training)
+
+
+class PassCounter:
+    """Rows through the model's forward while active: ``rows / queries`` is the measured
+    number of forward passes one prediction costs (``cost/inference_passes_per_query``).
+
+    Counted with a forward pre-hook on the classifier itself, so every forward a method's
+    inference makes is seen (ensemble copies, templates, saliency passes), whatever it assumes.
+    A backward is not a forward and is not counted.
+    """
+
+    def __init__(self, method: RobustMethod) -> None:
+        self.module = method.adapter.core
+        self.rows = 0
+        self.forwards = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _hook(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        first = kwargs.get("input_ids")
+        if first is None:
+            first = kwargs.get("inputs_embeds")
+        if first is None and args:
+            first = args[0]
+        self.forwards += 1
+        self.rows += int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
+
+    def __enter__(self) -> Self:
+        self._handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def per_query(self, queries: int) -> float:
+        return self.rows / queries if queries else float("nan")
 
 
 def predict_logits(method: RobustMethod, textset: TextSet, batch_size: int = 64) -> np.ndarray:

@@ -10,19 +10,24 @@ import numpy as np
 from robustsweep.config import EvalConfig
 from robustsweep.data import Task
 from robustsweep.evaluate import metrics
-from robustsweep.evaluate.inference import predict_probs
+from robustsweep.evaluate.inference import PassCounter, predict_probs
 from robustsweep.methods.base import RobustMethod
 
 
 def clean_metrics(method: RobustMethod, task: Task, cfg: EvalConfig, batch_size: int = 64,
                   plot_dir: Path | None = None) -> dict[str, float]:
-    """clean_accuracy, ece and ood_accuracy/<set>; optionally the reliability diagram PNG."""
-    probs = predict_probs(method, task.eval, batch_size)
+    """clean_accuracy, ece, ood_accuracy/<set> and cost/inference_passes_per_query (model
+    forward rows per eval example, counted on this very pass: ensembles, templates and saliency
+    passes included); optionally the reliability diagram PNG."""
+    with PassCounter(method) as passes:
+        probs = predict_probs(method, task.eval, batch_size)
     labels = np.asarray(task.eval.labels)
     result = {
         "clean_accuracy": metrics.accuracy(probs, labels),
         "ece": metrics.expected_calibration_error(probs, labels, cfg.ece_bins),
     }
+    if len(labels):
+        result["cost/inference_passes_per_query"] = passes.per_query(len(labels))
     if plot_dir is not None:
         metrics.reliability_diagram(probs, labels, plot_dir / "reliability_diagram.png", cfg.ece_bins)
     for name, textset in task.ood.items():

@@ -103,24 +103,33 @@ class NoisePlan:
     left_padded: bool = False  # decoders: the real tokens are the last ``n`` positions
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
+        """N(0, I) shaped like ``like``; per-input draws over the real tokens when fixed.
+
+        The per-input draws are written into one CPU tensor and moved in one transfer (one
+        host-to-device copy per layer, not one per example); each generator still draws its
+        own (copies, n, d) block in the same order, so the values do not change.
+        """
         if self.generators is None:
             return torch.randn_like(like)
-        noise = torch.zeros_like(like)
+        noise = torch.zeros(like.shape, dtype=torch.float32)
         dim = like.shape[-1]
         for b, (gen, n) in enumerate(zip(self.generators, self.lengths)):
             rows = slice(b * self.copies, (b + 1) * self.copies)
             real = slice(like.shape[1] - n, None) if self.left_padded else slice(0, n)
-            noise[rows, real] = torch.randn((self.copies, n, dim), generator=gen).to(like)
-        return noise
+            noise[rows, real] = torch.randn((self.copies, n, dim), generator=gen)
+        return noise.to(like)
 
     def subset(self, examples: list[int], copies: int) -> NoisePlan:
         gens = None if self.generators is None else [self.generators[b] for b in examples]
         return NoisePlan(gens, [self.lengths[b] for b in examples], copies, self.left_padded)
 
-    def choice(self, b: int, high: int, size: int) -> torch.Tensor:
-        """Stage-2 draws with replacement from ``range(high)``."""
+    def choice(self, b: int, high: int, size: int, copies: int = 1) -> torch.Tensor:
+        """Stage-2 draws with replacement from ``range(high)``: ``copies`` × ``size``.
+
+        One call for all copies: torch's CPU integer sampler draws element by element, so this
+        is the same sequence as ``copies`` calls of ``size`` (tests/methods/test_rsmi_inference.py)."""
         gen = None if self.generators is None else self.generators[b]
-        return torch.randint(high, (size,), generator=gen)
+        return torch.randint(high, (copies, size), generator=gen)
 
 
 def repeat_rows(batch: Batch, copies: int) -> Batch:
@@ -322,10 +331,8 @@ class RSMI(RobustMethod):
             sub = {key: batch[key][index] for key in _MODEL_KEYS if key in batch}
             sub_plan = plan.subset(uncertain, 1)
             sub_candidates = self._candidates(sub, sub_plan)
-            stage2 = []
-            for j, cands in enumerate(sub_candidates):
-                draws = [sub_plan.choice(j, len(cands), k.multi_mask).tolist() if cands else []
-                         for _ in range(k.binom_ensemble)]
-                stage2.append([[cands[d] for d in row] for row in draws])
+            stage2 = [torch.tensor(cands)[sub_plan.choice(j, len(cands), k.multi_mask, k.binom_ensemble)].tolist()
+                      if cands else [[] for _ in range(k.binom_ensemble)]
+                      for j, cands in enumerate(sub_candidates)]
             out[index] = self.aggregate(self.ensemble_logits(sub, stage2, sub_plan))
         return out.detach()
