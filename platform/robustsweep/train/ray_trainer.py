@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from robustsweep.config import ClusterConfig, JobConfig
 from robustsweep.state.trial import (
     KEEP_CHECKPOINTS,
@@ -32,12 +30,16 @@ from robustsweep.state.trial import (
     write_checkpoint,
 )
 
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # Quiet, localhost-only defaults; users can override any of them in their environment.
 RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_DEDUP_LOGS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Train V2's controller polls its workers this often (default 2 s): a trial's start and end
+    # each wait up to one interval; one poll is one cheap actor call.
+    HEALTH_CHECK_ENV: "0.25",
 }
 # Only for the local instance we start ourselves: no preemption watcher (no spot nodes to lose
 # on one machine; its actor's shutdown logs an ERROR line from core_worker.cc on every trial).
@@ -53,6 +55,7 @@ FORWARDED_ENV = (
     "TA_CACHE_DIR", "TOKENIZERS_PARALLELISM", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "ROBUSTSWEEP_PROGRESS", "TQDM_DISABLE",
     "ROBUSTSWEEP_MLFLOW_RETRY_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    HEALTH_CHECK_ENV,
 )
 # "bars": live tqdm bars (a terminal); "lines": none, the driver's one line per trial event is
 # the progress (logs, CI, nohup). Decided once in the driver: workers have no terminal.
@@ -64,7 +67,9 @@ RAY_NOISE = (
     re.compile(r"Token authentication is (enabled|disabled) for this Ray cluster"),
 )
 TQDM_LINE = re.compile(r"\d+%\|")
-# Runs in every Ray worker process of the job (runtime_env worker_process_setup_hook).
+# Runs in every Ray worker process of the job (runtime_env worker_process_setup_hook), so
+# this module imports no torch at the top: Train's controller, Tune's and Ray's helper actors
+# would each pay a torch import (seconds of CPU a trial's worker then waits for, per trial).
 SETUP_HOOK = "robustsweep.train.ray_trainer.pin_ray_address"
 
 
@@ -317,6 +322,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     """Runs on every Train worker: build task/model/method, resume, fit, final eval (rank 0)."""
     import ray.train
     import ray.train.torch
+    import torch
     from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
     from robustsweep import tracking
