@@ -31,6 +31,7 @@ def run_demo() -> None:
     cli = Path(sys.executable).parent / "robustsweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = ["/usr/bin/time", "-v", str(cli), "sweep", str(JOB), "--overwrite"]
+    SWEEP_DIR.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no runs/ yet
     with open(SWEEP_DIR.parent / "quickstart_sweep.log", "w") as log:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE,
                               text=True, check=False)
