@@ -14,7 +14,6 @@ MLflow server is shot against that server (no local ``mlflow ui`` is started).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -37,11 +36,13 @@ CHROMIUM_FLAGS = [
 
 def sweep_store(sweep_dir: Path) -> tuple[str, str, str, list[str]]:
     """Tracking URI, parent run id, sweep name and objective metrics from the manifest."""
-    manifest = json.loads((sweep_dir / "manifest.json").read_text())
-    uri, parent = manifest.get("tracking_uri"), manifest.get("parent_run_id")
+    from robustsweep.state.manifest import Manifest  # the owner of the manifest's layout
+
+    manifest = Manifest.load(sweep_dir)
+    uri, parent = manifest.tracking_uri, manifest.parent_run_id
     if not (uri and parent):
         sys.exit(f"{sweep_dir}: the sweep was run without MLflow tracking")
-    job = manifest["job"]
+    job = manifest.data["job"]
     objectives = [o["metric"] for o in (job.get("sweep") or {}).get("objectives", [])]
     return uri, parent, job["name"], objectives
 
