@@ -161,17 +161,22 @@ def batch_curve(victim: LoadedTrial, length: int = 37, sizes: tuple[int, ...] = 
     return f"encoder ms/text by batch size ({length} tokens): " + ", ".join(parts)
 
 
+def agreement_counts(ref: list[ExampleResult],
+                     other: list[ExampleResult]) -> tuple[int, int, int, int]:
+    """On the examples both runs attacked: (same outcome, same perturbed text, both, shared)."""
+    other_by = {r.example_id: r for r in other}
+    pairs = [(r, other_by[r.example_id]) for r in ref if r.example_id in other_by]
+    outcome = [a.outcome == b.outcome for a, b in pairs]
+    text = [a.perturbed_text == b.perturbed_text for a, b in pairs]
+    return sum(outcome), sum(text), sum(o and t for o, t in zip(outcome, text)), len(pairs)
+
+
 def compare(name: str, ref: list[ExampleResult], other: list[ExampleResult]) -> str:
     """Per-example agreement on the examples both runs attacked."""
-    other_by = {r.example_id: r for r in other}
-    shared = [r for r in ref if r.example_id in other_by]
-    same_outcome = sum(other_by[r.example_id].outcome == r.outcome for r in shared)
-    same_text = sum(other_by[r.example_id].perturbed_text == r.perturbed_text for r in shared)
-    both = sum(other_by[r.example_id].outcome == r.outcome
-               and other_by[r.example_id].perturbed_text == r.perturbed_text for r in shared)
-    return (f"{name:<12} outcomes identical {same_outcome}/{len(shared)}, "
-            f"perturbed texts identical {same_text}/{len(shared)}, "
-            f"both {both}/{len(shared)} ({100 * both / max(len(shared), 1):.0f} %)")
+    same_outcome, same_text, both, shared = agreement_counts(ref, other)
+    return (f"{name:<12} outcomes identical {same_outcome}/{shared}, "
+            f"perturbed texts identical {same_text}/{shared}, "
+            f"both {both}/{shared} ({100 * both / max(shared, 1):.0f} %)")
 
 
 def main(argv: list[str] | None = None) -> int:

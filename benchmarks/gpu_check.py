@@ -109,11 +109,10 @@ def train_row(method: str, precision: str, args: argparse.Namespace, device: tor
 
 def agreement(ref: list[Any], other: list[Any]) -> dict[str, Any]:
     """Examples with the same outcome and the same perturbed text in both runs."""
-    by_id = {r.example_id: r for r in other}
-    shared = [r for r in ref if r.example_id in by_id]
-    same = sum(by_id[r.example_id].outcome == r.outcome
-               and by_id[r.example_id].perturbed_text == r.perturbed_text for r in shared)
-    return {"same": same, "of": len(shared), "share": same / len(shared) if shared else None}
+    from attack_speed import agreement_counts
+
+    *_, same, shared = agreement_counts(ref, other)
+    return {"same": same, "of": shared, "share": same / shared if shared else None}
 
 
 def attack_rows(victim: Any, args: argparse.Namespace) -> dict[str, Any]:

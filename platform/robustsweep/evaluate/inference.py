@@ -45,7 +45,6 @@ class PassCounter:
     def __init__(self, method: RobustMethod) -> None:
         self.module = method.adapter.core
         self.rows = 0
-        self.forwards = 0
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def _hook(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -54,7 +53,6 @@ class PassCounter:
             first = kwargs.get("inputs_embeds")
         if first is None and args:
             first = args[0]
-        self.forwards += 1
         self.rows += int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
     def __enter__(self) -> Self:
