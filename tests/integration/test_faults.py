@@ -30,6 +30,8 @@ import yaml
 from sweep_procs import CLI, ROOT, kill_session, manifest, session_pids, start, tail, wait_for
 from test_multinode import RAY, alive_nodes, free_port, node_args
 
+from robustsweep.state.trial import checkpoint_epoch
+
 pytestmark = pytest.mark.slow
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 MULTIPLE_INSTANCES = "multiple active Ray instances"
@@ -50,7 +52,10 @@ def train_job(path: Path, out: Path, *, epochs: int, steps: int, **sections: Any
 
 
 def checkpoints(out: Path, epoch: int) -> list[Path]:
-    return list(out.glob(f"ray/*/epoch_{epoch:03d}/meta.json"))
+    """Complete checkpoints of ``epoch``: ``meta.json`` lands before Ray has finished copying
+    ``state.pt``, and a kill inside that copy rightly restarts from scratch (it failed CI once)."""
+    return [meta for meta in out.glob(f"ray/*/epoch_{epoch:03d}/meta.json")
+            if checkpoint_epoch(meta.parent) == epoch]
 
 
 def record(out: Path) -> dict[str, Any]:
@@ -74,17 +79,22 @@ def train_workers(sid: int) -> list[psutil.Process]:
 @pytest.mark.timeout(600)
 def test_worker_sigkill_mid_epoch_restarts_from_last_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    job = train_job(tmp_path / "wkill.yaml", out, epochs=2, steps=3)
+    # 20 steps an epoch: epoch 2 lasts seconds even on a fast machine, so the kill lands inside
+    # it (with 3 steps, a fast CI machine finished the whole run inside the old 1 s sleep)
+    job = train_job(tmp_path / "wkill.yaml", out, epochs=2, steps=20,
+                    data={"source": "builtin:mr", "train_size": 320, "eval_size": 16,
+                          "max_length": 32})
     log = tmp_path / "train.log"
     started = time.time()
     driver = start([*CLI, "train", str(job), "--max-failures", "1"], log, RAY_DEDUP_LOGS="0")
     try:
         wait_for(lambda: bool(checkpoints(out, 1)) and bool(train_workers(driver.pid)),
                  driver, log, timeout_s=400)
-        time.sleep(1.0)  # into epoch 2's steps
+        time.sleep(0.3)  # into epoch 2's steps
         (worker,) = train_workers(driver.pid)
         killed_at = time.time()
         worker.send_signal(signal.SIGKILL)
+        assert not checkpoints(out, 2), "epoch 2 had finished before the kill: not mid-epoch"
         next_epoch_at = None
         while driver.poll() is None and time.time() - started < 560:
             if next_epoch_at is None and checkpoints(out, 2):
