@@ -172,7 +172,19 @@ class TrainConfig(_Strict):
     """Optimisation settings shared by every method."""
 
     epochs: int = Field(1, ge=1, description="Passes over the training data")
-    batch_size: int = Field(32, ge=1, description="Global batch size (split across workers)")
+    batch_size: int = Field(
+        32, ge=1, description="Examples per forward across all workers (split across them); an "
+        "optimizer step sees batch_size x grad_accumulation_steps"
+    )
+    grad_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches whose gradients add up into one optimizer step "
+        "(global batch = batch_size x this; lr schedule and max_steps_per_epoch count steps)"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training-step autocast: fp32 (default, exact) | bf16 (CPUs with "
+        "AVX-512 BF16 / AMX, Ampere+ GPUs) | fp16 (GPUs, dynamic loss scaling); weights, "
+        "optimizer, logits, KL/MI terms and evaluation stay fp32"
+    )
     lr: float = Field(5e-5, gt=0, description="Peak AdamW learning rate")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/LayerNorm)")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
@@ -184,6 +196,14 @@ class TrainConfig(_Strict):
         None, ge=1, description="Cap on optimizer steps per epoch (smoke tests, benchmarks)"
     )
     progress_every: int = Field(50, ge=1, description="Steps between progress-bar metric updates")
+    log_every_steps: int | None = Field(
+        None, ge=1, description="Log step-level train loss, lr, grad norm and the method's terms "
+        "to MLflow every N optimizer steps (null = epoch metrics only)"
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Epoch checkpoints kept per attempt (the newest; the final model "
+        "is always among them)"
+    )
 
     @field_validator("adam_betas")
     @classmethod

@@ -122,7 +122,7 @@ def eo_ascent(
         for _ in range(steps):
             delta = delta.detach().requires_grad_(True)
             logits = eo_forward(adapter, batch, eo + delta).logits
-            (grad,) = torch.autograd.grad(objective(logits), delta)
+            (grad,) = method.grad(objective(logits), delta)
             if not torch.isfinite(grad).all():
                 return None
             if renormalize:

@@ -3,9 +3,13 @@
 The train loop, evaluation and attacks call only these hooks, so an inference-time defence
 (RSMI's smoothing, MVP's prompts) is trained *and attacked* through its real code path.
 
-Loop order per optimizer step (fixed): ``training_step`` (does its own backward) ->
-``before_optimizer_step`` -> clip (``clipped_parameters``) -> ``optimizer.step`` -> ``scheduler.step`` ->
-``after_optimizer_step`` -> ``zero_grad``. ``on_epoch_end`` runs after the last step of an epoch.
+Loop order per optimizer step (fixed): ``training_step`` once per micro-batch (does its own
+backward through ``self.backward``, under autocast when ``train.precision`` asks; gradients add
+up across the ``train.grad_accumulation_steps`` micro-batches) -> gradients averaged over the
+micro-batches and unscaled (fp16) -> ``before_optimizer_step`` -> clip (``clipped_parameters``)
+-> ``optimizer.step`` -> ``scheduler.step`` -> ``after_optimizer_step`` -> ``zero_grad``. So
+``before_optimizer_step`` (RoAST's mask and Fisher scores) always sees the whole step's true
+gradient. ``on_epoch_end`` runs after the last step of an epoch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from robustsweep.precision import FP32, MixedPrecision
 
 if TYPE_CHECKING:
     from robustsweep.data import Task
@@ -59,6 +65,8 @@ class RobustMethod:
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.knobs = knobs if knobs is not None else self.knobs_class()
         self.adapter: EncoderAdapter | None = None
+        # the trial's precision (set by the train loop); fp32 everywhere else
+        self.amp: MixedPrecision = FP32
 
     # ---- life cycle -------------------------------------------------------------------------
     def setup(self, adapter: EncoderAdapter, task: Task | None = None) -> None:
@@ -117,6 +125,16 @@ class RobustMethod:
         return 1.0
 
     # ---- helpers for subclasses -------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """``loss.backward()`` in the trial's precision: every backward of a method goes here
+        (fp16 scales the loss; fp32 is a plain backward)."""
+        self.amp.backward(loss, retain_graph=retain_graph)
+
+    def grad(self, output: torch.Tensor, inputs: Any, *, allow_unused: bool = False) -> tuple[Any, ...]:
+        """``torch.autograd.grad`` for perturbation and saliency gradients: true gradients in
+        every precision (no parameter ``.grad`` is written)."""
+        return self.amp.grad(output, inputs, allow_unused=allow_unused)
+
     def no_sync(self) -> AbstractContextManager[Any]:
         """Skip the DDP gradient all-reduce for auxiliary backwards (all but the last)."""
         model = self.model

@@ -51,10 +51,10 @@ def freelb_accumulate(method: RobustMethod, batch: Batch, knobs: FreeLBKnobs) ->
         with sync, dropout_mode(method.model, knobs.adv_dropout, dropout_seed):
             logits = adapter.logits(batch, word_embeds=adapter.word_embeddings(ids) + delta)
             loss = F.cross_entropy(logits, labels) / knobs.adv_steps
-            loss.backward()
+            method.backward(loss)
         total += loss.item()
         if not last:
-            delta = ascent_step(delta, delta.grad, knobs.adv_lr, knobs.adv_max_norm, knobs.norm_type)
+            delta = ascent_step(delta, method.amp.unscale(delta.grad), knobs.adv_lr, knobs.adv_max_norm, knobs.norm_type)
     return total, logits.detach()
 
 

@@ -77,14 +77,14 @@ class InfoNCECritic(nn.Module):
 def infonce_lower_bound(critic: nn.Module, local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
     """LB = mean_i F(a_i, b_i) − (mean_i logsumexp_j F(a_j, b_i) − log n) ≤ log n."""
     n = local.shape[0]
-    positive = critic(local, glob).mean()
-    pairs = critic(local.unsqueeze(0).expand(n, -1, -1), glob.unsqueeze(1).expand(-1, n, -1))
+    positive = critic(local, glob).float().mean()  # fp32 under autocast (precision.py)
+    pairs = critic(local.unsqueeze(0).expand(n, -1, -1), glob.unsqueeze(1).expand(-1, n, -1)).float()
     return positive - (pairs.logsumexp(dim=1).mean() - math.log(n))
 
 
 def ib_upper_bound(h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """mean_i ‖y_i − y_π(i)‖²/2 over real-token rows y, π drawn with replacement (CLUBv2)."""
-    rows = h0[mask.bool()]
+    rows = h0[mask.bool()].float()  # fp32 under autocast (precision.py)
     perm = torch.randint(rows.shape[0], (rows.shape[0],), device=rows.device)
     return (rows - rows[perm]).square().sum(dim=-1).mean() / 2
 
@@ -166,8 +166,8 @@ class InfoBERT(RobustMethod):
                     loss = loss + ib
                     sums["ib"] = sums["ib"] + ib.detach()
                 anchored = k.alpha_anchor > 0
-                loss.backward(retain_graph=anchored)
-                grad = delta.grad.detach().clone()
+                self.backward(loss, retain_graph=anchored)
+                grad = self.amp.unscale(delta.grad.detach().clone())
                 sums["ce"] = sums["ce"] + ce.detach()
                 total = total + loss.detach()
                 if anchored:
@@ -175,7 +175,7 @@ class InfoBERT(RobustMethod):
                     bound = self.anchored_lower_bound(h0, h_cls, selected)
                     if bound is not None:
                         reg = -k.alpha_anchor * bound / k.adv_steps
-                        reg.backward()
+                        self.backward(reg)
                         total = total + reg.detach()
                         sums["anchor_lb"] = sums["anchor_lb"] + bound.detach() / k.adv_steps
                 if step < k.adv_steps - 1:

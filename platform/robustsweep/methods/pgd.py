@@ -36,7 +36,7 @@ def embedding_adversary(method: RobustMethod, batch: Batch, knobs: EmbeddingAdve
         for _ in range(knobs.adv_steps):
             delta.requires_grad_(True)
             logits = adapter.logits(batch, word_embeds=adapter.word_embeddings(ids) + delta)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), delta)
+            (grad,) = method.grad(F.cross_entropy(logits, labels), delta)
             delta = ascent_step(delta, grad, knobs.adv_lr, knobs.adv_max_norm, knobs.norm_type)
     return delta.detach()
 
@@ -62,7 +62,7 @@ class PGD(RobustMethod):
             clean_loss = F.cross_entropy(self.adapter.logits(batch), labels)
             loss = self.knobs.clean_weight * clean_loss + (1 - self.knobs.clean_weight) * adv_loss
             terms["clean_loss"] = clean_loss.item()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item(), **terms}
 
     def passes_per_step(self) -> float:

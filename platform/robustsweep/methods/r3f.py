@@ -67,7 +67,7 @@ class R3F(RobustMethod):
             reg = sym_kl(logits, noised_logits).mean()
             loss = loss + self.knobs.r3f_lambda * reg
             terms["r3f_symkl"] = reg.item()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item(), **terms}
 
     def passes_per_step(self) -> float:

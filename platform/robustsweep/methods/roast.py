@@ -220,7 +220,7 @@ class RoAST(RobustMethod):
         logits = self.adapter.logits(batch)
         ce = F.cross_entropy(logits, labels)
         if not self.adversarial:
-            ce.backward()
+            self.backward(ce)
             return {"loss": ce.item(), "ce": ce.item()}
         loss = 0.5 * ce
         terms: dict[str, float] = {"ce": ce.item(), "sym_kl": 0.0, "adv_skipped": 1.0}
@@ -235,7 +235,7 @@ class RoAST(RobustMethod):
                 adv_ce = F.cross_entropy(adv_logits, labels)
                 loss = loss + k.adv_ce_weight * adv_ce
                 terms["adv_ce"] = adv_ce.item()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item(), **terms}
 
     # ---- gradient masking -------------------------------------------------------------------

@@ -226,7 +226,7 @@ class RSMI(RobustMethod):
             with self.noisy(plan):
                 logits = self.adapter.logits(batch, word_embeds=words)
             target = labels if labels is not None else logits.argmax(dim=-1).detach()
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, target), words)
+            (grad,) = self.grad(F.cross_entropy(logits, target), words)
         return grad.detach(), grad.detach().norm(dim=-1)
 
     def mask_candidates(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -271,7 +271,7 @@ class RSMI(RobustMethod):
             words = words + k.w_gn * grad
         with self.noisy():
             loss = F.cross_entropy(self.adapter.logits(masked, word_embeds=words), labels)
-        loss.backward()
+        self.backward(loss)
         terms = {"loss": loss.item(), "masked_tokens": sum(map(len, positions)) / max(1, len(positions))}
         if grad is not None:
             terms["grad_noise_norm"] = float(k.w_gn * grad.flatten(1).norm(dim=1).mean())  # per example

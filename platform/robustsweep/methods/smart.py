@@ -115,7 +115,7 @@ class SMART(RobustMethod):
             prox = sym_kl(logits, teacher_logits, detach_targets=True).mean()
             loss = loss + k.prox_weight * prox
             terms["prox"] = prox.item()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item(), **terms}
 
     def after_optimizer_step(self) -> None:

@@ -23,5 +23,5 @@ class Vanilla(RobustMethod):
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         loss = F.cross_entropy(self.adapter.logits(batch), batch["labels"])
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item()}

@@ -207,11 +207,15 @@ class EncoderAdapter:
     ) -> Any:
         """Run the classifier; perturb in WE space (``word_embeds``) or EO space (``embed_delta``).
 
-        Returns the HF output (``.logits``, ``.hidden_states`` when asked).
+        Returns the HF output (``.logits``, ``.hidden_states`` when asked). Logits are fp32
+        under autocast too, so every loss, KL and vote on them is computed in fp32.
         """
         with self.embedding_offset(embed_delta):
-            return self.run(self.model, batch, word_embeds=word_embeds,
-                            output_hidden_states=output_hidden_states)
+            out = self.run(self.model, batch, word_embeds=word_embeds,
+                           output_hidden_states=output_hidden_states)
+        if out.logits.dtype != torch.float32:
+            out.logits = out.logits.float()
+        return out
 
     def logits(self, batch: dict[str, torch.Tensor], **perturb: Any) -> torch.Tensor:
         return self.forward(batch, **perturb).logits

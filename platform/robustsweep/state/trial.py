@@ -10,7 +10,8 @@
       eval/                 what ``robustsweep eval`` adds later (per-example tables resume)
       ray/<attempt>/epoch_NNN/state.pt + meta.json
                             Ray Train checkpoints: one ``attempt_<time>`` per (re)start, the
-                            newest ``KEEP_CHECKPOINTS`` epochs of each; ``--resume`` picks the
+                            newest ``train.keep_checkpoints`` epochs of each (the final one
+                            among them); ``--resume`` picks the
                             complete checkpoint with the highest epoch across attempts
 
 ``state.pt`` is a torch state (loaded with ``weights_only=True``); ``meta.json`` holds its
@@ -38,8 +39,6 @@ EVAL_DIR = "eval"
 CHECKPOINTS_DIR = "ray"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-# Checkpoints Ray Train keeps per attempt (the newest ones; older attempts keep theirs).
-KEEP_CHECKPOINTS = 2
 
 
 # ---- one checkpoint directory ------------------------------------------------------------------

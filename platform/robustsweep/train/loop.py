@@ -6,11 +6,13 @@ the rank/world size and an ``on_epoch_end`` callback (Ray report + checkpoint + 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +26,10 @@ from robustsweep.errors import RobustSweepError
 from robustsweep.evaluate.suite import clean_metrics, proxy_metrics
 from robustsweep.methods.base import RobustMethod
 from robustsweep.models import EncoderAdapter
+from robustsweep.precision import FP32, MixedPrecision
 from robustsweep.train.checkpoints import restore_rng_state, rng_state
+
+Batch = dict[str, torch.Tensor]
 
 StateFn = Callable[[], dict[str, Any]]
 
@@ -35,6 +40,12 @@ class EpochCallback(Protocol):
 
 class ProgressFactory(Protocol):
     def __call__(self, total: int, desc: str) -> Any: ...
+
+
+class StepCallback(Protocol):
+    """Receives step-level metrics every ``train.log_every_steps`` optimizer steps (rank 0)."""
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
 def seed_everything(seed: int) -> None:
@@ -94,21 +105,51 @@ def prepare_trial(cfg: JobConfig, task: Task, device: torch.device | str) -> tup
     return adapter, method
 
 
-def train_step(method: RobustMethod, batch: dict[str, torch.Tensor], params: list[torch.Tensor],
+def train_step(method: RobustMethod, batch: Batch | Sequence[Batch], params: list[torch.Tensor],
                optimizer: torch.optim.Optimizer, scheduler: Any | None = None,
-               max_grad_norm: float | None = None) -> dict[str, float]:
-    """One optimisation step with the method's hooks around it, as every caller must run it:
-    loss + backward, ``before_optimizer_step`` (e.g. RoAST's gradient mask), clipping of the
-    method's ``clipped_parameters`` when it allows clipping, the update, ``after_optimizer_step``,
-    and cleared gradients."""
-    terms = method.training_step(batch)
-    method.before_optimizer_step()
-    if max_grad_norm and method.supports_grad_clipping:
-        torch.nn.utils.clip_grad_norm_(method.clipped_parameters(params), max_grad_norm)
-    optimizer.step()
+               max_grad_norm: float | None = None, *, amp: MixedPrecision = FP32,
+               record_grad_norm: bool = False) -> dict[str, float]:
+    """One optimisation step with the method's hooks around it, as every caller must run it.
+
+    ``batch`` is one batch or the micro-batches of one accumulated step: ``training_step`` runs
+    on each under ``amp``'s autocast (all but the last without the DDP all-reduce), and the
+    summed gradients are divided by their number, so k micro-batches of b/k rows give the
+    gradient of one batch of b. Then: unscale (fp16; an overflowed step is skipped and counted
+    in ``amp_skipped``), ``before_optimizer_step`` (e.g. RoAST's gradient mask), clipping of the
+    method's ``clipped_parameters`` when it allows clipping, the update,
+    ``after_optimizer_step``, and cleared gradients. Returns the micro-batch mean of each term
+    (plus ``grad_norm``, the pre-clip norm, when ``record_grad_norm``).
+    """
+    micro = [batch] if isinstance(batch, dict) else list(batch)
+    sums: dict[str, float] = defaultdict(float)
+    for i, part in enumerate(micro):
+        sync = nullcontext() if i == len(micro) - 1 else method.no_sync()
+        with sync, amp.autocast():
+            for key, value in method.training_step(part).items():
+                sums[key] += float(value)
+    terms = {key: value / len(micro) for key, value in sums.items()} if len(micro) > 1 else dict(sums)
+    if len(micro) > 1:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.div_(len(micro))
+    finite = amp.unscale_(optimizer)
+    if amp.scaler is not None:
+        terms["amp_skipped"] = 0.0 if finite else 1.0
+    if finite:
+        method.before_optimizer_step()
+        clipped = method.clipped_parameters(params)
+        if max_grad_norm and method.supports_grad_clipping:
+            norm = torch.nn.utils.clip_grad_norm_(clipped, max_grad_norm)
+        elif record_grad_norm:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in clipped if p.grad is not None])
+        if record_grad_norm:
+            terms["grad_norm"] = float(norm)
+    amp.step(optimizer)
     if scheduler is not None:
         scheduler.step()
-    method.after_optimizer_step()
+    if finite:
+        method.after_optimizer_step()
     optimizer.zero_grad(set_to_none=True)
     return terms
 
@@ -191,6 +232,38 @@ class DivergenceGuard:
         )
 
 
+class StepLog:
+    """Window means of a step's terms, handed to the callback every ``every`` optimizer steps.
+
+    Names: ``step/train_loss``, ``step/lr`` (after the step), ``step/grad_norm`` (pre-clip) and
+    ``step/<term>`` for the method's terms, at the global step; the callback sends one batch
+    per flush. The window restarts at every flush, so a curve point is the mean of its steps.
+    """
+
+    def __init__(self, every: int | None, callback: StepCallback | None) -> None:
+        self.every = every if callback is not None else None
+        self.callback = callback
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+
+    @property
+    def enabled(self) -> bool:
+        return self.every is not None
+
+    def add(self, step: int, terms: dict[str, float], lr: float) -> None:
+        if self.every is None or self.callback is None:
+            return
+        for key, value in terms.items():
+            name = "train_loss" if key == "loss" else key
+            self._sums[name] += float(value)
+            self._counts[name] += 1
+        if step % self.every == 0:
+            metrics = {f"step/{k}": v / self._counts[k] for k, v in self._sums.items()}
+            self.callback(step, {**metrics, "step/lr": lr})
+            self._sums.clear()
+            self._counts.clear()
+
+
 def _mean_across_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
     if world_size <= 1 or not torch.distributed.is_initialized():
         return values
@@ -218,28 +291,34 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     progress: ProgressFactory | None = _default_progress,
     plot_dir: Path | None = None,
+    on_steps: StepCallback | None = None,
 ) -> FitState:
     """Fine-tune ``adapter.model`` with ``method`` for ``cfg.train.epochs``; return the final state.
 
     ``method.setup`` must already have run (so DDP can wrap the extra parameters too).
+    ``on_steps`` gets the step-level metrics every ``train.log_every_steps`` steps (rank 0).
     """
     tcfg = cfg.train
     sharding = Sharding(cfg.seed, rank, world_size)
     per_rank_batch = max(1, tcfg.batch_size // world_size)
     rows_per_rank = len(task.train) // world_size
-    steps_per_epoch = math.ceil(rows_per_rank / per_rank_batch)
+    accumulation = tcfg.grad_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(rows_per_rank / per_rank_batch) / accumulation)
     if tcfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
     named = trainable_parameters(adapter, method)
     params = [p for _, p in named]
     optimizer = build_optimizer(named, tcfg)
     scheduler = linear_schedule(optimizer, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
+    amp = MixedPrecision(tcfg.precision, adapter.device.type)
+    method.amp = amp
     state = FitState()
     if resume is not None:
         adapter.load_checkpoint_state(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         method.load_state_dict(resume["method"])
+        amp.load_state_dict(resume.get("precision", {}))
         restore_rng_state(resume)
         state = FitState(**resume["fit_state"])
 
@@ -249,11 +328,13 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "method": method.state_dict(),
+            **({"precision": amp.state_dict()} if amp.scaler is not None else {}),
             **rng_state(),
             "fit_state": vars(state).copy(),
         }
 
     guard = DivergenceGuard()
+    step_log = StepLog(tcfg.log_every_steps, on_steps if rank == 0 else None)
     adapter.model.train()
     for epoch in range(state.epoch + 1, tcfg.epochs + 1):
         indices = sharding.epoch_indices(len(task.train), epoch)
@@ -262,13 +343,18 @@ def fit(
         bar = progress(steps_per_epoch, f"epoch {epoch}/{tcfg.epochs}") if progress and rank == 0 else None
         started = time.perf_counter()
         for step in range(steps_per_epoch):
-            batch = next(batches)
-            terms = train_step(method, batch, params, optimizer, scheduler, tcfg.max_grad_norm)
+            micro = list(itertools.islice(batches, accumulation))
+            terms = train_step(method, micro[0] if accumulation == 1 else micro, params, optimizer,
+                               scheduler, tcfg.max_grad_norm, amp=amp,
+                               record_grad_norm=step_log.enabled)
             guard.check(terms["loss"], state.global_step + 1, epoch)
+            state.global_step += 1
+            step_log.add(state.global_step, terms, scheduler.get_last_lr()[0])
+            terms.pop("grad_norm", None)  # step-level only: epoch metrics stay as they were
             for key, value in terms.items():
                 sums[key] += float(value)
-            state.global_step += 1
-            state.cost_passes += method.passes_per_step() * len(batch["labels"]) * world_size
+            rows = sum(len(part["labels"]) for part in micro)
+            state.cost_passes += method.passes_per_step() * rows * world_size
             if bar is not None:
                 bar.update(1)
                 if (step + 1) % tcfg.progress_every == 0 or step + 1 == steps_per_epoch:

@@ -20,7 +20,6 @@ from typing import Any
 
 from robustsweep.config import ClusterConfig, JobConfig
 from robustsweep.state.trial import (
-    KEEP_CHECKPOINTS,
     META_FILE,
     STATE_FILE,
     TrialDir,
@@ -366,9 +365,13 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     # Bars only for a terminal: in a log, Ray re-prints every bar around each forwarded line.
     bars = os.environ.get(PROGRESS_ENV, "lines") == "bars"
+    def on_steps(step: int, metrics: dict[str, float]) -> None:
+        if uri and run_id:  # one log_batch per flush (train.log_every_steps)
+            tracking.log_metrics(uri, run_id, metrics, step=step)
+
     state = fit(adapter, method, task, cfg, rank=rank, world_size=world, resume=resume,
                 on_epoch_end=on_epoch_end, progress=progress if bars else None,
-                plot_dir=TrialDir(out).artifacts_dir)
+                plot_dir=TrialDir(out).artifacts_dir, on_steps=on_steps)
     if rank == 0:
         finish_trial(method, task, cfg, state, out, payload)
 
@@ -394,7 +397,8 @@ def build_trainer(cfg: JobConfig, payload: dict[str, Any], storage: Path, attemp
         run_config=ray.train.RunConfig(
             name=attempt,
             storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            # newest N per attempt: the final model is always kept
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level=os.environ.get("ROBUSTSWEEP_TRAIN_LOG_LEVEL", "WARNING")),

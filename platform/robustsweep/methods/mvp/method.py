@@ -285,7 +285,7 @@ class MVP(RobustMethod):
         hidden = out.hidden_states[-1]
         at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), templated["mask_pos"]]
         flat = [w for words in self.class_word_ids for w in words]
-        scores = self.head(at_mask, torch.tensor(flat, device=hidden.device))
+        scores = self.head(at_mask, torch.tensor(flat, device=hidden.device)).float()  # fp32 logits
         pooled, start = [], 0
         for words in self.class_word_ids:
             part = scores[:, start:start + len(words)]
@@ -324,7 +324,7 @@ class MVP(RobustMethod):
             for _ in range(steps):
                 delta.requires_grad_(True)
                 z = self.pool_templates(self.class_scores(templated, words + delta), per_example)
-                (grad,) = torch.autograd.grad(F.cross_entropy(z, labels), delta)
+                (grad,) = self.grad(F.cross_entropy(z, labels), delta)
                 delta = ascent_step(delta, grad, 1.5 * eps / steps, eps, "l2")
         return project(delta.detach(), eps, "l2")
 
@@ -342,7 +342,7 @@ class MVP(RobustMethod):
         loss = F.cross_entropy(self.logits_of(templated, per_example, delta), labels)
         if delta is not None:
             terms["adv_loss"] = loss.item()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.item(), **terms}
 
     def passes_per_step(self) -> float:

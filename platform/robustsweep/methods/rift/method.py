@@ -103,7 +103,7 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     """−(1/n) Σ_i log softmax_j(u_j·t_i/τ)_{j=i}: the softmax runs over students per teacher."""
     u = F.normalize(student, dim=-1)
     t = F.normalize(teacher, dim=-1)
-    scores = u @ t.T / temperature  # [j, i]
+    scores = (u @ t.T).float() / temperature  # [j, i]; fp32 under autocast (precision.py)
     return -torch.log_softmax(scores, dim=0).diagonal().mean()
 
 
@@ -215,7 +215,7 @@ class RIFT(RobustMethod):
                 kl = kl_per_example(clean, adv).sum()
                 entropy = -(w * torch.log_softmax(logits, dim=2)).sum()  # finite at w ≈ 0
                 objective = kl - k.ascc_sparse_w * entropy / ENTROPY_NORM
-                (w_hat.grad,) = torch.autograd.grad(-objective, w_hat)
+                (w_hat.grad,) = self.grad(-objective, w_hat)
                 optim.step()
                 if step == 0:
                     kl_init = kl.item()
@@ -245,7 +245,7 @@ class RIFT(RobustMethod):
         if not self.adversarial:
             ce = F.cross_entropy(self.adapter.logits(batch), labels)
             loss = k.w_clean * ce
-            loss.backward()
+            self.backward(loss)
             return {"loss": loss.item(), "ce": ce.item()}
         cands = self.candidates(batch)
         with torch.no_grad(), dropout_mode(self.model, "off", 0):  # the attack sees no dropout
@@ -269,7 +269,7 @@ class RIFT(RobustMethod):
                                     labels)
             loss = loss + k.w_mi * mi
             terms["infonce"] = mi.item()
-        loss.backward()
+        self.backward(loss)
         allreduce_grads(self.extra_parameters())
         return {"loss": loss.item(), **terms}
 
