@@ -238,6 +238,11 @@ class ScalingConfig(_Strict):
     def _gpus_need_use_gpu(self) -> ScalingConfig:
         if self.gpus_per_worker is not None and not self.use_gpu:
             raise ValueError("gpus_per_worker is set but use_gpu is false: set use_gpu: true")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 1 and self.num_workers > 1:
+            # Ray may put two ranks of one trial on the same GPU, and NCCL refuses that
+            raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g} shares a GPU, which only "
+                             "single-worker trials can do (DDP ranks on one GPU fail in NCCL): "
+                             "set num_workers: 1 or gpus_per_worker >= 1")
         return self
 
     def gpu_share(self) -> float:

@@ -33,6 +33,7 @@ def test_schema_accepts_a_share_or_whole_gpus(value):
     ({"use_gpu": True, "gpus_per_worker": -0.5}, "greater than 0"),
     ({"use_gpu": True, "gpus_per_worker": True}, "not a boolean"),
     ({"gpus_per_worker": 0.25}, "use_gpu is false"),
+    ({"use_gpu": True, "gpus_per_worker": 0.5, "num_workers": 2}, "only single-worker trials"),
 ])
 def test_schema_rejects_bad_gpu_shares(scaling, message):
     with pytest.raises(ConfigError, match=message):
@@ -76,8 +77,8 @@ def test_cpus_still_limit_fractional_gpu_trials(monkeypatch):
 def test_free_gpus_not_the_total_set_concurrency(monkeypatch):
     fake_cluster(monkeypatch, {"CPU": 32, "GPU": 4, "trial_driver": 100},
                  {"CPU": 32, "GPU": 1.5, "trial_driver": 100})
-    cfg = job({"num_workers": 2, "use_gpu": True, "gpus_per_worker": 0.5, "cpus_per_worker": 1})
-    assert plan_resources(cfg, total=10).max_concurrent == 1  # 3 worker slots / 2 workers
+    cfg = job({"use_gpu": True, "gpus_per_worker": 0.5, "cpus_per_worker": 1})
+    assert plan_resources(cfg, total=10).max_concurrent == 3  # 1.5 free GPUs, not 4 in total
 
 
 def test_explicit_max_concurrent_trials_wins(monkeypatch):

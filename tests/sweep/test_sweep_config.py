@@ -125,7 +125,8 @@ def test_cluster_sweep_job_uses_hub_names_and_gpus():
     assert cfg.data.text_fields == ["sentence"]
     assert cfg.data.eval_split == "validation"
     assert cfg.model.source == "hf:bert-base-uncased"
-    assert cfg.scaling.use_gpu and cfg.scaling.num_workers > 1
+    assert cfg.scaling.use_gpu and cfg.scaling.gpu_share() == 0.5  # two trials per GPU
+    assert cfg.train.precision == "bf16" and cfg.train.grad_accumulation_steps == 2
     assert cfg.sweep.asha.enabled and cfg.sweep.asha.metric
 
 

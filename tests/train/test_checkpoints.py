@@ -58,3 +58,17 @@ def test_old_checkpoint_with_only_the_cpu_rng_still_restores(tmp_path: Path) -> 
     restore_rng_state(read_checkpoint(tmp_path))
     assert torch.equal(torch.rand(4), want)
     assert np.random.rand() == numpy_next  # streams the checkpoint lacks are left alone
+
+
+def test_ray_keeps_train_keep_checkpoints_per_attempt(tmp_path: Path, monkeypatch) -> None:
+    """train.keep_checkpoints reaches Ray Train's retention (newest N: the final one stays)."""
+    from robustsweep.jobfile import validate_job
+    from robustsweep.train import ray_trainer
+    from robustsweep.train.ray_trainer import build_trainer
+
+    monkeypatch.setattr(ray_trainer, "cpus_per_worker", lambda cfg: 1.0)  # no cluster to ask
+
+    for keep in (1, 3):
+        cfg = validate_job({"train": {"keep_checkpoints": keep}})
+        trainer = build_trainer(cfg, {"trial_dir": str(tmp_path)}, tmp_path, "attempt_x")
+        assert trainer.run_config.checkpoint_config.num_to_keep == keep

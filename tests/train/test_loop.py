@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from robustsweep.train.loop import (
 )
 
 
-def job(epochs: int = 2, method: str = "vanilla", **knobs):
+def job(epochs: int = 2, method: str = "vanilla", train: dict | None = None, **knobs):
     return validate_job({"seed": 3, "method": {"name": method, "knobs": knobs},
-                         "train": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "max_grad_norm": 1.0}})
+                         "train": {"epochs": epochs, "batch_size": 8, "lr": 1e-3,
+                                   "max_grad_norm": 1.0, **(train or {})}})
 
 
 class RandomlyWeighted(Vanilla):
@@ -65,15 +67,51 @@ def test_fit_learns_and_reports_every_epoch() -> None:
     assert state.global_step == 6 * 5 and last["cost/fwd_bwd_passes"] == 6 * 40
 
 
+def test_accumulation_counts_optimizer_steps_and_every_row() -> None:
+    """40 rows, micro-batches of 4, 3 per step: 4 steps an epoch (the last of 1 micro-batch);
+    the lr schedule and global_step count steps, the cost counts every row once."""
+    cfg = job(epochs=2, train={"batch_size": 4, "grad_accumulation_steps": 3})
+    _, state = run(cfg)
+    assert state.global_step == 2 * 4
+    assert state.history[-1]["cost/fwd_bwd_passes"] == 2 * 40
+    assert state.history[-1]["lr"] == pytest.approx(0.0)  # the schedule ended with the last step
+
+
+def test_step_level_metrics_every_n_steps() -> None:
+    cfg = job(epochs=2, train={"log_every_steps": 2})
+    seen: list[tuple[int, dict]] = []
+    epochs: list[dict] = []
+    seed_everything(cfg.seed)
+    adapter = make_tiny_adapter(dropout=0.1, seed=cfg.seed)
+    method = build("smart", {})
+    task = make_tiny_task(n_train=40, n_eval=16)
+    method.setup(adapter, task)
+    fit(adapter, method, task, cfg, progress=None, on_steps=lambda s, m: seen.append((s, m)),
+        on_epoch_end=lambda e, m, s: epochs.append(m))
+    assert [s for s, _ in seen] == [2, 4, 6, 8, 10]  # 5 steps an epoch, a flush every 2
+    keys = set(seen[0][1])
+    assert {"step/train_loss", "step/lr", "step/grad_norm", "step/ce", "step/smart_reg"} <= keys
+    assert all(set(m) == keys and all(math.isfinite(v) for v in m.values()) for _, m in seen)
+    assert not any(k.startswith("step/") or k == "train/grad_norm" for k in epochs[-1])
+
+
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method, knobs, method_class", [
-    ("vanilla", {}, None), ("freelb", {"adv_steps": 2}, None), ("vanilla", {}, RandomlyWeighted)])
+ACCUMULATE = {"grad_accumulation_steps": 2, "batch_size": 4}
+
+
+@pytest.mark.parametrize("method, knobs, method_class, train", [
+    ("vanilla", {}, None, {}), ("freelb", {"adv_steps": 2}, None, {}),
+    ("vanilla", {}, RandomlyWeighted, {}),
+    ("vanilla", {}, None, ACCUMULATE),
+    ("roast", {"alpha": 0.5, "fisher_batches": 1, "fisher_batch_size": 4}, None, ACCUMULATE),
+    ("vanilla", {}, None, {"precision": "fp16"}),  # the loss scale is part of the checkpoint
+])
 def test_resume_after_epoch_one_equals_uninterrupted(tmp_path: Path, method: str, knobs: dict,
-                                                     method_class: type | None) -> None:
-    cfg = job(epochs=2, method=method, **knobs)
+                                                     method_class: type | None, train: dict) -> None:
+    cfg = job(epochs=2, method=method, train=train, **knobs)
     full_adapter, full_state = run(cfg, method_class=method_class)
 
     def stop_after_first(epoch, metrics, state_fn):

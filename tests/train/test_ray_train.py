@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 def test_smoke_job_via_cli_leaves_a_complete_mlflow_run(ray_local, tmp_path: Path, capsys) -> None:
     out = tmp_path / "smoke"
-    assert main(["train", str(SMOKE), "--set", f"output_dir={out}"]) == 0
+    assert main(["train", str(SMOKE), "--set", f"output_dir={out}",
+                 "--set", "train.log_every_steps=2"]) == 0
     printed = capsys.readouterr().out
     assert "clean_accuracy" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -29,6 +30,9 @@ def test_smoke_job_via_cli_leaves_a_complete_mlflow_run(ray_local, tmp_path: Pat
     assert run.data.params["method.name"] == "vanilla" and run.data.params["data.train_size"] == "64"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1]
+    # step-level curve: 64 rows / 16 = 4 steps, a point every 2 (train.log_every_steps)
+    for key in ("step/train_loss", "step/lr", "step/grad_norm"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4], key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "results.json", "evaluation"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
@@ -37,7 +41,8 @@ def test_smoke_job_via_cli_leaves_a_complete_mlflow_run(ray_local, tmp_path: Pat
 
 def test_two_worker_trial_interrupted_after_epoch_one_resumes(ray_local, tmp_path: Path, monkeypatch) -> None:
     cfg = load_job(SMOKE, [f"output_dir={tmp_path / 'trial'}", "scaling.num_workers=2",
-                           "train.epochs=2", "data.ood=[]"])
+                           "train.epochs=2", "data.ood=[]",
+                           "train.grad_accumulation_steps=2"])  # DDP no_sync on micro-batch 1
     monkeypatch.setenv("ROBUSTSWEEP_FAIL_AFTER_EPOCH", "1")
     with pytest.raises(TrialFailed, match="injected failure after epoch 1"):
         run_trial(cfg)
