@@ -23,6 +23,7 @@ MANIFEST_FILE = "manifest.json"
 TRIALS_DIR = "trials"
 SWEEP_JOB_FILE = "sweep.yaml"
 TUNE_DIR = "tune"
+DATA_CACHE_DIR = "cache"  # the loaded Task every trial reads (task_cache.py)
 # What a sweep writes at the top of its output dir (a dir holding only these is a sweep's).
 SWEEP_ENTRIES = frozenset(
     {
@@ -34,6 +35,7 @@ SWEEP_ENTRIES = frozenset(
         TRIALS_DIR,
         "report",
         TUNE_DIR,
+        DATA_CACHE_DIR,
     }
 )
 VERSION = 1
@@ -180,6 +182,11 @@ class Manifest:
     def trial_dir_in(sweep_dir: Path, trial_id: str) -> Path:
         """Where the trial with Tune id ``trial_id`` of the sweep in ``sweep_dir`` lives."""
         return Path(sweep_dir) / TRIALS_DIR / trial_id
+
+    @staticmethod
+    def data_cache_in(sweep_dir: Path) -> Path:
+        """Where the trials of the sweep in ``sweep_dir`` share their loaded data."""
+        return Path(sweep_dir) / DATA_CACHE_DIR
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.trial_dir_in(self.sweep_dir, trial_id)

@@ -95,6 +95,7 @@ def sweep_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             tags=tags,
             callbacks=[EpochReportCallback()],
             max_failures=context["max_failures"],
+            data_cache=Manifest.data_cache_in(sweep_dir),
         )
         record = result.record
     final = finite_metrics(record.get("metrics", {}))

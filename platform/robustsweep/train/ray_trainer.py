@@ -325,7 +325,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
     from robustsweep import tracking
-    from robustsweep.data import load_task
+    from robustsweep.task_cache import cached_task
     from robustsweep.train.loop import fit, prepare_trial
     from robustsweep.train.results import finish_trial
 
@@ -334,7 +334,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(payload["threads"])))
-    task = load_task(cfg.data, cfg.eval.anomaly)  # seeded by cfg.data, not by the global RNG
+    cache = Path(payload["data_cache"]) if payload.get("data_cache") else None
+    task = cached_task(cfg.data, cfg.eval.anomaly, cache)  # seeded by cfg.data, not global RNG
     adapter, method = prepare_trial(cfg, task, ray.train.torch.get_device())
     if world > 1:
         adapter.model = ray.train.torch.prepare_model(adapter.core, move_to_device=False)

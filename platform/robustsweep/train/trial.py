@@ -92,12 +92,13 @@ def run_trial(
     tags: dict[str, str] | None = None,
     callbacks: list[Any] | None = None,
     max_failures: int = 0,
+    data_cache: Path | None = None,
 ) -> TrialResult:
     """Train and evaluate one configuration on Ray Train; returns its final metrics.
 
     With ``resume=True`` the newest checkpoint under ``trial_dir`` is loaded (model, optimizer,
     scheduler, method state, RNG) and training continues from the next epoch, logging into the
-    same MLflow run.
+    same MLflow run. ``data_cache`` (a sweep's) lets trials share one loaded copy of the data.
     """
     trial_dir = (trial_dir or cfg.resolved_output_dir()).resolve()
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,9 @@ def run_trial(
     resume_path = trial.latest_checkpoint() if resume else None
     payload = {"job": cfg.model_dump(mode="json"), "trial_dir": str(trial_dir),
                "tracking_uri": uri, "run_id": run_id, "git_sha": record.get("git_sha"),
-               "trial_id": trial_dir.name, "resume_path": str(resume_path) if resume_path else None,
+               "trial_id": trial_dir.name,
+               "data_cache": str(data_cache) if data_cache is not None else None,
+               "resume_path": str(resume_path) if resume_path else None,
                # fault injection for resume tests and chaos drills: fail after this epoch
                "fail_after_epoch": int(os.environ.get("ROBUSTSWEEP_FAIL_AFTER_EPOCH", "0") or 0)}
     ensure_ray(cfg.cluster)
