@@ -117,7 +117,8 @@ def trial_phases(events: list[dict[str, Any]]) -> list[dict[str, float]]:
         clean = union(spans("suite.clean_metrics", wpid, w0, w1))
         final = union(spans("suite.final_metrics", wpid, w0, w1))
         fit = union(spans("loop.fit", wpid, w0, w1))
-        data = union(spans("data.load_task", wpid, w0, w1))
+        data = union([*spans("data.load_task", wpid, w0, w1),  # through the sweep's cache
+                      *spans("task_cache.cached_task", wpid, w0, w1)])
         model = union(spans("loop.prepare_trial", wpid, w0, w1))
         mlflow_in_worker = union(clip(tracking, w0, w1))
         fit_span = next(iter(spans("loop.fit", wpid, w0, w1)), (w0, w0))

@@ -29,6 +29,7 @@ TIMED: dict[str, tuple[str, ...]] = {
     "robustsweep.train.loop": ("prepare_trial", "fit"),
     "robustsweep.train.results": ("finish_trial",),
     "robustsweep.data": ("load_task",),
+    "robustsweep.task_cache": ("cached_task",),
     "robustsweep.evaluate.suite": ("clean_metrics", "final_metrics"),
     "robustsweep.tracking": ("start_run", "log_artifacts", "log_metrics", "set_tags", "end_run",
                              "reopen_run"),
