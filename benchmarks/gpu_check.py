@@ -11,8 +11,9 @@ attacks one fp32 vanilla victim with stock TextAttack, with ours in fp32 and wit
   python benchmarks/gpu_check.py --out gpu_check.json                  # everything, on cuda
   python benchmarks/gpu_check.py --device cpu --methods vanilla pgd --steps 2 --attack-examples 1
 
-bf16 training uses the job override ``train.precision=bf16``; where the schema has no
-``train.precision`` those rows say so instead of measuring something else.
+Each training run sets its precision with the job override ``train.precision=fp32|bf16`` (the
+loop's autocast; weights, optimizer, logits and evaluation stay fp32); each row records the
+``train_precision`` its job actually had.
 """
 
 from __future__ import annotations
@@ -31,18 +32,10 @@ from typing import Any
 import torch
 
 PRECISIONS = ("fp32", "bf16")
-TRAIN_PRECISION_MISSING = "train.precision not available"
-
-
-def train_precision_available() -> bool:
-    """Whether the job schema has ``train.precision`` (added by a separate change)."""
-    from robustsweep.config import TrainConfig
-
-    return "precision" in TrainConfig.model_fields
 
 
 def job(method: str, steps: int, batch_size: int, train_rows: int, eval_rows: int,
-        precision: str | None) -> Any:
+        precision: str) -> Any:
     """A validated job for a short in-process run; ``precision`` goes in as a job override."""
     from robustsweep.config import apply_overrides
     from robustsweep.jobfile import validate_job
@@ -54,8 +47,7 @@ def job(method: str, steps: int, batch_size: int, train_rows: int, eval_rows: in
         "train": {"epochs": 1, "batch_size": batch_size, "eval_batch_size": 64,
                   "max_steps_per_epoch": steps},
     }
-    overrides = [f"train.precision={precision}"] if precision is not None else []
-    return validate_job(apply_overrides(raw, overrides))
+    return validate_job(apply_overrides(raw, [f"train.precision={precision}"]))
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
@@ -75,11 +67,8 @@ def train_row(method: str, precision: str, args: argparse.Namespace, device: tor
     from robustsweep.train.loop import fit, prepare_trial
 
     row: dict[str, Any] = {"method": method, "precision": precision}
-    if precision != "fp32" and not train_precision_available():
-        return {**row, "status": "skipped", "reason": TRAIN_PRECISION_MISSING}, None
-    override = precision if train_precision_available() else None
     try:
-        cfg = job(method, args.steps, args.batch_size, args.train_rows, args.eval_rows, override)
+        cfg = job(method, args.steps, args.batch_size, args.train_rows, args.eval_rows, precision)
         key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
         if key not in task_cache:
             task_cache[key] = load_task(cfg.data)
@@ -94,7 +83,8 @@ def train_row(method: str, precision: str, args: argparse.Namespace, device: tor
         steps = max(1, state.global_step)
         last = state.history[-1] if state.history else {}
         row.update({
-            "status": "ok", "steps": state.global_step, "batch_size": cfg.train.batch_size,
+            "status": "ok", "train_precision": cfg.train.precision,
+            "steps": state.global_step, "batch_size": cfg.train.batch_size,
             "train_s": round(state.wall_time_s, 4),
             "step_time_s": round(state.wall_time_s / steps, 5),  # includes the first (warm-up) step
             "train_loss": last.get("train_loss"), "clean_accuracy": last.get("clean_accuracy"),
@@ -176,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device), "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(), "args": vars(args),
-        "train_precision_available": train_precision_available(), "train": [], "attack": {},
+        "train": [], "attack": {},
     }
 
     def save() -> None:

@@ -7,7 +7,14 @@ and clipping, written as plain PyTorch. Both use the same number of threads; bot
 training steps only (model loading, Ray start-up and evaluation are excluded on both sides,
 and reported separately for the platform).
 
+``--precision fp32 bf16`` (default fp32; fp16 too) runs both paths under each listed precision,
+alternating with the repeats: the platform with the job's ``train.precision``, the bare loop with
+its forward in ``torch.autocast(dtype=bfloat16 | float16)`` (fp16 with a ``GradScaler``, as the
+platform does). One row per precision (both step times, platform/bare), then the bf16 (fp16)
+speed-up ``fp32 step / low-precision step`` of each path.
+
 Run:  .venv/bin/python benchmarks/overhead.py --steps 40 --batch-size 32
+      .venv/bin/python benchmarks/overhead.py --steps 40 --batch-size 32 --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -26,24 +33,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 from robustsweep.data import load_task
 from robustsweep.jobfile import validate_job
 from robustsweep.train.loop import Sharding
 
 
-def job(args: argparse.Namespace, out: Path):
+def job(args: argparse.Namespace, out: Path, precision: str = "fp32"):
     return validate_job({
         "name": "overhead", "seed": 0, "output_dir": str(out),
         "data": {"source": "builtin:mr", "train_size": args.steps * args.batch_size,
                  "eval_size": 64, "max_length": args.max_length},
-        "train": {"epochs": 1, "batch_size": args.batch_size, "lr": 5e-5, "warmup_ratio": 0.0},
+        "train": {"epochs": 1, "batch_size": args.batch_size, "lr": 5e-5, "warmup_ratio": 0.0,
+                  "precision": precision},
         "scaling": {"num_workers": 1, "cpus_per_worker": args.threads},
         "cluster": {"num_cpus": args.threads},
     })
 
 
 def bare_loop(cfg, threads: int) -> float:
-    """Seconds for one epoch of plain PyTorch training over the platform's exact batches."""
+    """Seconds for one epoch of plain PyTorch training over the platform's exact batches, in
+    ``cfg.train.precision`` (autocast around the forward; fp16 with loss scaling)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from robustsweep.models import resolve_model_path
@@ -56,6 +68,8 @@ def bare_loop(cfg, threads: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     task = load_task(cfg.data)
     order = Sharding(cfg.seed).epoch_indices(len(task.train), epoch=1)
+    precision = cfg.train.precision
+    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
     model.train()
     started = time.perf_counter()
     for start in range(0, len(order), cfg.train.batch_size):
@@ -63,10 +77,22 @@ def bare_loop(cfg, threads: int) -> float:
         enc = tokenizer([task.train.texts[i] for i in rows], truncation=True,
                         max_length=cfg.data.max_length, padding=True, return_tensors="pt")
         labels = torch.tensor([task.train.labels[i] for i in rows])
-        loss = F.cross_entropy(model(**enc).logits, labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
+        if precision in LOW_DTYPES:
+            with torch.autocast("cpu", dtype=LOW_DTYPES[precision]):
+                logits = model(**enc).logits
+        else:
+            logits = model(**enc).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        if scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
 
@@ -87,25 +113,39 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="Alternating runs of each path")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="training precisions, each run on both paths (default: fp32)")
     args = parser.parse_args()
+    precisions = list(dict.fromkeys(args.precision))
+    bare: dict[str, list[float]] = {p: [] for p in precisions}
+    plat: dict[str, list[float]] = {p: [] for p in precisions}
+    walls: dict[str, list[float]] = {p: [] for p in precisions}
     with tempfile.TemporaryDirectory() as tmp:
-        bare, plat, walls = [], [], []
         for i in range(args.repeats):
-            cfg = job(args, Path(tmp) / f"run{i}")
-            bare.append(bare_loop(cfg, args.threads))
-            epoch_s, wall_s = platform_path(cfg)
-            plat.append(epoch_s)
-            walls.append(wall_s)
-    per_bare = statistics.median(bare) / args.steps
-    per_plat = statistics.median(plat) / args.steps
+            for precision in precisions:  # alternating, so load drifts hit every row alike
+                cfg = job(args, Path(tmp) / f"run{i}-{precision}", precision)
+                bare[precision].append(bare_loop(cfg, args.threads))
+                epoch_s, wall_s = platform_path(cfg)
+                plat[precision].append(epoch_s)
+                walls[precision].append(wall_s)
+    per_bare = {p: statistics.median(bare[p]) / args.steps for p in precisions}
+    per_plat = {p: statistics.median(plat[p]) / args.steps for p in precisions}
     print(f"\nbuiltin MiniLM, MR, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.steps} steps, {args.threads} threads, {args.repeats} alternating repeats")
-    print(f"{'path':<34}{'s/step (median)':>16}{'runs (s/epoch)':>40}")
-    print(f"{'bare PyTorch loop':<34}{per_bare:>16.4f}{[round(b, 2) for b in bare]!s:>40}")
-    print(f"{'platform (Ray Train + hooks + log)':<34}{per_plat:>16.4f}{[round(p, 2) for p in plat]!s:>40}")
-    print(f"ratio platform / bare: {per_plat / per_bare:.3f}  (goal <= 1.05)")
-    print(f"whole-trial wall time incl. Ray start-up, model load, eval, checkpoint: "
-          f"{[round(w, 1) for w in walls]} s")
+          f"{args.steps} steps, {args.threads} threads, {args.repeats} alternating repeats, "
+          f"precision {' '.join(precisions)}")
+    print(f"{'precision':<10}{'bare s/step':>12}{'platform s/step':>16}{'platform/bare':>14}"
+          f"{'bare runs (s/epoch)':>28}{'platform runs (s/epoch)':>28}")
+    for p in precisions:
+        print(f"{p:<10}{per_bare[p]:>12.4f}{per_plat[p]:>16.4f}{per_plat[p] / per_bare[p]:>14.3f}"
+              f"{[round(b, 2) for b in bare[p]]!s:>28}{[round(x, 2) for x in plat[p]]!s:>28}")
+    print("goal: platform/bare <= 1.05 (medians of the runs)")
+    if "fp32" in precisions:
+        for p in precisions:
+            if p != "fp32":
+                print(f"{p} speed-up (fp32 step / {p} step): bare {per_bare['fp32'] / per_bare[p]:.2f}x, "
+                      f"platform {per_plat['fp32'] / per_plat[p]:.2f}x")
+    print("whole-trial wall time incl. Ray start-up, model load, eval, checkpoint: "
+          + ", ".join(f"{p} {[round(w, 1) for w in walls[p]]} s" for p in precisions))
 
 
 if __name__ == "__main__":

@@ -43,10 +43,20 @@ def test_gpu_check_on_cpu_without_ray_or_mlflow(tmp_path: Path) -> None:
         assert fp32["status"] == "ok", fp32
         assert fp32["steps"] == 2 and fp32["step_time_s"] > 0 and fp32["peak_memory_bytes"] > 0
         assert fp32["inference_passes_per_query"] == 1.0
-        bf16 = rows[(method, "bf16")]
-        if report["train_precision_available"]:
-            assert bf16["status"] == "ok", bf16
-        else:
-            assert bf16 == {"method": method, "precision": "bf16", "status": "skipped",
-                            "reason": "train.precision not available"}
+        assert fp32["train_precision"] == "fp32"
+        bf16 = rows[(method, "bf16")]  # really trained in bf16 (train.precision), not skipped
+        assert bf16["status"] == "ok", bf16
+        assert bf16["train_precision"] == "bf16"
+        assert bf16["steps"] == 2 and bf16["step_time_s"] > 0 and bf16["peak_memory_bytes"] > 0
+        assert bf16["inference_passes_per_query"] == 1.0
     assert report["attack"] == {"status": "skipped", "reason": "--attack-examples 0"}
+    assert "train_precision_available" not in report
+
+
+def test_gpu_check_job_sets_train_precision() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import job
+
+    for precision in ("fp32", "bf16"):
+        cfg = job("vanilla", steps=2, batch_size=2, train_rows=8, eval_rows=4, precision=precision)
+        assert cfg.train.precision == precision and cfg.train.max_steps_per_epoch == 2
