@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from robustsweep.evaluate.metrics import wilson_interval
+from robustsweep.report import comparisons, stats
 from robustsweep.report import leaderboard as lb
-from robustsweep.report import stats
 from robustsweep.report.plots import draw_floors, interval_errors, pareto_plot
 from robustsweep.report.records import SweepRecords, TrialRecord, TrialSource, trial_record
 
@@ -105,7 +105,7 @@ def test_compare_pairs_on_shared_ids_and_says_when_it_cannot():
     none = stats.compare(stats.PairedRow("m", "t", 0, "v", "", "d"), ours,
                          outcomes({20: True, 21: False}))
     assert none.note == "example ids don't overlap" and none.n == 0
-    assert stats._paired_cells(none)[5:8] == ["", "", ""]  # no number without its n
+    assert comparisons._paired_cells(none)[5:8] == ["", "", ""]  # no number without its n
     other = stats.compare(stats.PairedRow("m", "t", 0, "v", "", "d"), ours,
                           outcomes({0: True}, profile_hash="other"))
     assert "profile hash" in other.note
@@ -144,7 +144,7 @@ def test_each_seed_is_paired_with_the_vanilla_trial_of_its_seed():
     records = grid()
     winners = lb.best_per_method(records)
     assert [t.trial_id for t in winners] == ["g1", "v1"]
-    rows = stats.paired_rows(records, winners)
+    rows = comparisons.paired_rows(records, winners)
     assert [(r.trial, r.seed, r.vanilla, r.partner) for r in rows] == [
         ("pgd-002", 0, "vanilla-000", "same seed"),
         ("pgd-003", 1, "vanilla-001", "same seed"),
@@ -157,16 +157,16 @@ def test_each_seed_is_paired_with_the_vanilla_trial_of_its_seed():
 def test_a_seed_without_its_vanilla_falls_back_to_the_best_vanilla():
     records = grid()
     records.trials.append(seeded("g2", "pgd", 2, {"adv_lr": 0.1}, 30, number=5))
-    rows = stats.paired_rows(records, lb.best_per_method(records))
+    rows = comparisons.paired_rows(records, lb.best_per_method(records))
     assert (rows[-1].seed, rows[-1].vanilla, rows[-1].partner) == (2, "vanilla-001",
                                                                     "best vanilla")
 
 
 def test_per_method_over_seeds_mean_std_and_pooled_wilson():
     records = grid()
-    assert [[t.trial_id for t in g] for g in stats.seed_groups(records)] == [
+    assert [[t.trial_id for t in g] for g in comparisons.seed_groups(records)] == [
         ["v0", "v1"], ["g0", "g1"]]
-    head, rows = stats.seeds_table(records, ["clean_accuracy", "robust_accuracy/d", "ece"],
+    head, rows = comparisons.seeds_table(records, ["clean_accuracy", "robust_accuracy/d", "ece"],
                                    lb.header)
     assert head == ["method", "trials", "seeds", "clean acc mean ± std",
                     "robust acc (d) mean ± std", "robust acc (d) pooled", "ECE mean ± std"]
@@ -220,4 +220,4 @@ def test_seeds_of_one_setup_share_a_setup_hash_and_other_setups_stay_apart():
     records = grid()
     g0, g1 = (t for t in records.trials if t.trial_id in ("g0", "g1"))
     g0.setup_hash, g1.setup_hash = "lr-a", "lr-b"  # same knobs, different train settings
-    assert [[t.trial_id for t in g] for g in stats.seed_groups(records)] == [["v0", "v1"]]
+    assert [[t.trial_id for t in g] for g in comparisons.seed_groups(records)] == [["v0", "v1"]]

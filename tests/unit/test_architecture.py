@@ -29,24 +29,13 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    """Ids of every node under an ``if TYPE_CHECKING:`` block (imports for annotations only)."""
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
-    return skipped
-
-
 def _imported_names(module: str, path: Path) -> list[str]:
-    """Every module name ``module`` imports, at any depth (functions included)."""
+    """Every module name ``module`` imports, at any depth (functions and ``TYPE_CHECKING``
+    blocks included: an annotation-only import back up the layers is a circle too)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    skipped = _type_checking_nodes(tree)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = []
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

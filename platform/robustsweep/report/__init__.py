@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustsweep.report import comparisons, stats
 from robustsweep.report import leaderboard as lb
-from robustsweep.report import stats
 from robustsweep.report.plots import knob_plot, pareto_axes, pareto_plot
 from robustsweep.report.records import SweepRecords, load
 
@@ -138,8 +138,8 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     head, rows = lb.leaderboard_rows(records)
     winners = lb.best_per_method(records)
-    paired = stats.paired_table(records, winners)
-    seeds = stats.seeds_table(records, lb.metric_columns(records.finished()), lb.header)
+    paired = comparisons.paired_table(records, winners)
+    seeds = comparisons.seeds_table(records, lb.metric_columns(records.finished()), lb.header)
     files = [
         lb.write_csv(out_dir / "leaderboard.csv", head, rows),
         lb.write_csv(out_dir / "trials.csv", *lb.trials_table(records)),
