@@ -13,8 +13,14 @@ its forward in ``torch.autocast(dtype=bfloat16 | float16)`` (fp16 with a ``GradS
 platform does). One row per precision (both step times, platform/bare), then the bf16 (fp16)
 speed-up ``fp32 step / low-precision step`` of each path.
 
+``--accumulation K`` adds, per precision, the platform path with ``train.batch_size`` B/K and
+``train.grad_accumulation_steps`` K: the same rows, the same optimizer steps and the same global
+batch B as the plain platform row, so ``accumulated / plain`` is what accumulation costs per
+optimizer step (smaller matmuls, K forward/backward calls instead of one).
+
 Run:  .venv/bin/python benchmarks/overhead.py --steps 40 --batch-size 32
       .venv/bin/python benchmarks/overhead.py --steps 40 --batch-size 32 --precision fp32 bf16
+      .venv/bin/python benchmarks/overhead.py --steps 40 --batch-size 32 --accumulation 4
 """
 
 from __future__ import annotations
@@ -41,13 +47,16 @@ from robustsweep.jobfile import validate_job
 from robustsweep.train.loop import Sharding
 
 
-def job(args: argparse.Namespace, out: Path, precision: str = "fp32"):
+def job(args: argparse.Namespace, out: Path, precision: str = "fp32", accumulation: int = 1):
+    """The benchmark's job: ``args.steps`` optimizer steps of global batch ``args.batch_size``
+    (micro-batches of batch_size / accumulation)."""
     return validate_job({
         "name": "overhead", "seed": 0, "output_dir": str(out),
         "data": {"source": "builtin:mr", "train_size": args.steps * args.batch_size,
                  "eval_size": 64, "max_length": args.max_length},
-        "train": {"epochs": 1, "batch_size": args.batch_size, "lr": 5e-5, "warmup_ratio": 0.0,
-                  "precision": precision},
+        "train": {"epochs": 1, "batch_size": args.batch_size // accumulation, "lr": 5e-5,
+                  "warmup_ratio": 0.0, "precision": precision,
+                  "grad_accumulation_steps": accumulation},
         "scaling": {"num_workers": 1, "cpus_per_worker": args.threads},
         "cluster": {"num_cpus": args.threads},
     })
@@ -115,11 +124,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Alternating runs of each path")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="training precisions, each run on both paths (default: fp32)")
+    parser.add_argument("--accumulation", type=int, default=1, metavar="K",
+                        help="also run the platform with micro-batches of batch-size/K, "
+                             "accumulated over K (same global batch; default 1: not run)")
     args = parser.parse_args()
+    if args.accumulation < 1 or args.batch_size % args.accumulation:
+        parser.error(f"--accumulation {args.accumulation}: expected a divisor of --batch-size "
+                     f"{args.batch_size}")
     precisions = list(dict.fromkeys(args.precision))
     bare: dict[str, list[float]] = {p: [] for p in precisions}
     plat: dict[str, list[float]] = {p: [] for p in precisions}
     walls: dict[str, list[float]] = {p: [] for p in precisions}
+    accum: dict[str, list[float]] = {p: [] for p in precisions}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for precision in precisions:  # alternating, so load drifts hit every row alike
@@ -128,6 +144,10 @@ def main() -> None:
                 epoch_s, wall_s = platform_path(cfg)
                 plat[precision].append(epoch_s)
                 walls[precision].append(wall_s)
+                if args.accumulation > 1:
+                    cfg = job(args, Path(tmp) / f"run{i}-{precision}-acc", precision,
+                              args.accumulation)
+                    accum[precision].append(platform_path(cfg)[0])
     per_bare = {p: statistics.median(bare[p]) / args.steps for p in precisions}
     per_plat = {p: statistics.median(plat[p]) / args.steps for p in precisions}
     print(f"\nbuiltin MiniLM, MR, batch {args.batch_size}, max_length {args.max_length}, "
@@ -144,6 +164,15 @@ def main() -> None:
             if p != "fp32":
                 print(f"{p} speed-up (fp32 step / {p} step): bare {per_bare['fp32'] / per_bare[p]:.2f}x, "
                       f"platform {per_plat['fp32'] / per_plat[p]:.2f}x")
+    if args.accumulation > 1:
+        k = args.accumulation
+        print(f"accumulation {k} (micro-batch {args.batch_size // k}, global {args.batch_size}), "
+              "platform s per optimizer step:")
+        for p in precisions:
+            per_acc = statistics.median(accum[p]) / args.steps
+            print(f"  {p:<8}plain {per_plat[p]:.4f}  accumulated {per_acc:.4f}  "
+                  f"accumulated/plain {per_acc / per_plat[p]:.3f}  "
+                  f"runs {[round(x, 2) for x in accum[p]]}")
     print("whole-trial wall time incl. Ray start-up, model load, eval, checkpoint: "
           + ", ".join(f"{p} {[round(w, 1) for w in walls[p]]} s" for p in precisions))
 

@@ -35,3 +35,15 @@ def test_variant_job_rejects_bad_variants_in_one_line(variant: str) -> None:
     with pytest.raises(ConfigError) as err:
         variant_job(QUICKSTART, [], variant, seed=0)
     assert variant in str(err.value) and "\n" not in str(err.value)
+
+
+def test_overhead_accumulation_job_keeps_the_global_batch_and_the_step_count(tmp_path: Path) -> None:
+    import argparse
+
+    from overhead import job
+
+    args = argparse.Namespace(steps=5, batch_size=32, max_length=32, threads=1)
+    plain, accumulated = job(args, tmp_path / "a"), job(args, tmp_path / "b", accumulation=4)
+    assert (plain.train.batch_size, plain.train.grad_accumulation_steps) == (32, 1)
+    assert (accumulated.train.batch_size, accumulated.train.grad_accumulation_steps) == (8, 4)
+    assert plain.data.train_size == accumulated.data.train_size == 5 * 32
