@@ -3,7 +3,7 @@
 One run measures, on the same job (default ``jobs/smoke.yaml``, vanilla, no attacks):
   work   the trial's own work in this process: data, model load, training, final evaluation;
   train  ``robustsweep train JOB`` as a fresh process (wall clock);
-  sweep  ``robustsweep sweep`` of N trials of that job (vanilla/pgd alternating, one at a time).
+  sweep  ``robustsweep sweep`` of N trials of that job (its method over N seeds, one at a time).
 Fixed cost per trial = wall per trial - work. Phases come from ``trial_timing/sitecustomize.py``,
 which every Ray process of the two commands loads (PYTHONPATH) and which logs the start and end
 of robustsweep's own functions (open_trial, train_worker, load_task, prepare_trial, fit,
@@ -161,9 +161,13 @@ def run_command(args: list[str], log: Path, cwd: Path) -> float:
 
 
 def sweep_job(raw: dict[str, Any], trials: int, out: Path) -> dict[str, Any]:
+    """N trials of the job's own method (a grid over N seeds: a sweep trains a knob-less method
+    once per seed), so each sweep trial does the work ``in_process_work`` measured; a method mix
+    would count the costlier methods' extra training as fixed cost."""
     job = {**raw, "name": f"{raw['name']}_overhead_sweep", "output_dir": str(out)}
     job["eval"] = {**(raw.get("eval") or {}), "attacks": []}
-    job["sweep"] = {"methods": ["vanilla", "pgd"], "num_samples": trials,
+    method = (raw.get("method") or {}).get("name", "vanilla")
+    job["sweep"] = {"mode": "grid", "methods": [method], "seeds": list(range(trials)),
                     "max_concurrent_trials": 1,
                     "objectives": [{"metric": "clean_accuracy", "mode": "max"}]}
     return job
@@ -211,7 +215,8 @@ def main() -> None:
 
     w = work["work"]
     n = max(1, len(sweep_phases))
-    print(f"\nin-process work of one trial ({args.job.name}, vanilla, no attacks): {w:.1f} s")
+    method = (raw.get("method") or {}).get("name", "vanilla")
+    print(f"\nin-process work of one trial ({args.job.name}, {method}, no attacks): {w:.1f} s")
     for key, value in work.items():
         if key != "work":
             print(f"  {key:<24}{value:7.2f} s")

@@ -47,3 +47,17 @@ def test_overhead_accumulation_job_keeps_the_global_batch_and_the_step_count(tmp
     assert (plain.train.batch_size, plain.train.grad_accumulation_steps) == (32, 1)
     assert (accumulated.train.batch_size, accumulated.train.grad_accumulation_steps) == (8, 4)
     assert plain.data.train_size == accumulated.data.train_size == 5 * 32
+
+
+def test_trial_overhead_sweeps_the_jobs_own_method_over_seeds(tmp_path: Path) -> None:
+    """Every sweep trial must do the work the in-process baseline measured (one method)."""
+    import yaml
+    from trial_overhead import sweep_job
+
+    from robustsweep.jobfile import validate_job
+
+    raw = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    cfg = validate_job(sweep_job(raw, 3, tmp_path / "sweep"))
+    assert cfg.sweep.mode == "grid" and cfg.sweep.methods == [raw["method"]["name"]]
+    assert cfg.sweep.seeds == [0, 1, 2] and cfg.sweep.total_samples() == 3
+    assert cfg.eval.attacks == []
