@@ -24,7 +24,11 @@ parameters, LoRA's step over full fine-tuning's (fp32) and peak memory. A LoRA r
 
 Peak memory (columns on CUDA, and with ``--lora``) is ``torch.cuda.max_memory_allocated`` over a
 precision's timed steps (reset before each step: weights, optimizer state, gradients and
-activations of the one model on the GPU); on CPU it shows ``-``.
+activations of the one model on the GPU); on CPU it shows ``-`` and the run ends with the
+process's peak RSS instead: ``--lora --only full`` and ``--lora --only lora`` in two processes
+compare full fine-tuning's memory with LoRA's.
+
+    python benchmarks/method_cost.py --methods vanilla --lora --only lora --precision fp32
 
 On a shared, loaded machine wall time mostly measures the other processes; ``--clock cpu``
 times this process's CPU seconds instead (all threads), which is stabler there.
@@ -234,6 +238,9 @@ def main() -> None:
                         help="also measure each method with LoRA (model.peft), as METHOD+lora")
     parser.add_argument("--lora-set", action="append", default=[], metavar="KEY=VALUE",
                         help="model.peft setting for --lora, e.g. r=16 or alpha=32 (repeatable)")
+    parser.add_argument("--only", choices=["full", "lora"],
+                        help="with --lora: measure one variant only (one process per variant "
+                             "makes the CPU peak RSS printed at the end that variant's)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
     args.device = pick_device(args.device)
@@ -248,7 +255,10 @@ def main() -> None:
         names = ["vanilla"] + [n for n in names if n != "vanilla"]
     rows = []
     for name in names:
-        for variant in [None, peft] if args.lora else [None]:
+        variants = [None, peft] if args.lora else [None]
+        if args.lora and args.only:
+            variants = [peft] if args.only == "lora" else [None]
+        for variant in variants:
             try:
                 row = measure(name, task, one_batch, args, variant)
             except Exception as exc:  # noqa: BLE001 - one method failing must not hide the others
@@ -269,6 +279,15 @@ def main() -> None:
     print(table(rows, args.precision, markdown=False, lora=args.lora, cuda=cuda))
     if args.markdown:
         args.markdown.write_text(table(rows, args.precision, markdown=True, lora=args.lora, cuda=cuda))
+    if not cuda:  # the process's high-water mark: weights, gradients, optimizer state, activations
+        print(f"process peak RSS: {peak_rss_mib():.0f} MiB (all rows of this run)")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
