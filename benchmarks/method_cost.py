@@ -243,6 +243,8 @@ def main() -> None:
                              "makes the CPU peak RSS printed at the end that variant's)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
+    if args.only and not args.lora:
+        parser.error("--only picks a variant of --lora: add --lora")
     args.device = pick_device(args.device)
     args.precision = list(dict.fromkeys(args.precision))  # unique, in the given order
     torch.set_num_threads(args.threads)
@@ -253,11 +255,9 @@ def main() -> None:
     names = args.methods or list(registry.available())
     if "vanilla" in names:  # the baseline first
         names = ["vanilla"] + [n for n in names if n != "vanilla"]
+    variants = {"full": [None], "lora": [peft]}.get(args.only, [None, peft]) if args.lora else [None]
     rows = []
     for name in names:
-        variants = [None, peft] if args.lora else [None]
-        if args.lora and args.only:
-            variants = [peft] if args.only == "lora" else [None]
         for variant in variants:
             try:
                 row = measure(name, task, one_batch, args, variant)

@@ -160,14 +160,18 @@ def run_command(args: list[str], log: Path, cwd: Path) -> float:
     return wall
 
 
+def job_method(raw: dict[str, Any]) -> str:
+    """The method the job trains (the schema's default when it names none)."""
+    return (raw.get("method") or {}).get("name", "vanilla")
+
+
 def sweep_job(raw: dict[str, Any], trials: int, out: Path) -> dict[str, Any]:
     """N trials of the job's own method (a grid over N seeds: a sweep trains a knob-less method
     once per seed), so each sweep trial does the work ``in_process_work`` measured; a method mix
     would count the costlier methods' extra training as fixed cost."""
     job = {**raw, "name": f"{raw['name']}_overhead_sweep", "output_dir": str(out)}
     job["eval"] = {**(raw.get("eval") or {}), "attacks": []}
-    method = (raw.get("method") or {}).get("name", "vanilla")
-    job["sweep"] = {"mode": "grid", "methods": [method], "seeds": list(range(trials)),
+    job["sweep"] = {"mode": "grid", "methods": [job_method(raw)], "seeds": list(range(trials)),
                     "max_concurrent_trials": 1,
                     "objectives": [{"metric": "clean_accuracy", "mode": "max"}]}
     return job
@@ -215,8 +219,8 @@ def main() -> None:
 
     w = work["work"]
     n = max(1, len(sweep_phases))
-    method = (raw.get("method") or {}).get("name", "vanilla")
-    print(f"\nin-process work of one trial ({args.job.name}, {method}, no attacks): {w:.1f} s")
+    print(f"\nin-process work of one trial ({args.job.name}, {job_method(raw)}, no attacks): "
+          f"{w:.1f} s")
     for key, value in work.items():
         if key != "work":
             print(f"  {key:<24}{value:7.2f} s")
